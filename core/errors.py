@@ -1,0 +1,118 @@
+"""The library's error types: one small hierarchy, every error says what and where.
+
+Each class also derives from the built-in type a caller would naturally catch
+(`ValueError`, `TypeError`, `RuntimeError`, `ImportError`), so code written
+against the seed contract (`pytest.raises(ValueError, match="empty list")`)
+keeps working while new code can catch `CoreError`.
+
+No error message ever contains an API key: messages are built from indices,
+ids, status codes and the API's own error text only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CoreError",
+    "ConfigurationError",
+    "MissingDependencyError",
+    "InvalidInputError",
+    "InvalidInputTypeError",
+    "EmptyInputError",
+    "InputTooLongError",
+    "InvalidSectionError",
+    "EmbeddingAPIError",
+    "AllRequestsFailedError",
+    "StoreError",
+]
+
+
+class CoreError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class ConfigurationError(CoreError, ValueError):
+    """A setting is missing or invalid (no API key, bad table name, bad URL...)."""
+
+
+class MissingDependencyError(CoreError, ImportError):
+    """An optional dependency is not installed; the message says how to install it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}: "
+            f"pip install 'supabase-section-embeddings[{extra}]'"
+        )
+
+
+class InvalidInputError(CoreError, ValueError):
+    """One input is unusable. `index` says which one, `reason` says why."""
+
+    def __init__(self, message: str, *, index: int | None = None, reason: str = "") -> None:
+        self.index = index
+        self.reason = reason or message
+        super().__init__(message)
+
+
+class EmptyInputError(InvalidInputError):
+    """An input text is empty (the API answers HTTP 400 for it)."""
+
+
+class InvalidInputTypeError(InvalidInputError, TypeError):
+    """An input is not a string."""
+
+
+class InputTooLongError(InvalidInputError):
+    """An input has more tokens than the model accepts per input."""
+
+
+class InvalidSectionError(InvalidInputError):
+    """A section dict is malformed; `section_id` names it when it has one."""
+
+    def __init__(
+        self, message: str, *, index: int | None = None, section_id: Any = None, reason: str = ""
+    ) -> None:
+        self.section_id = section_id
+        super().__init__(message, index=index, reason=reason)
+
+
+class EmbeddingAPIError(CoreError):
+    """An embeddings request failed for good (after retries where retrying made sense).
+
+    Attributes:
+        status_code: HTTP status of the last answer, if there was one.
+        request_id: The API's `x-request-id` of the last answer, if any.
+        code: The API's error code (e.g. ``insufficient_quota``), if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.request_id = request_id
+        self.code = code
+        super().__init__(message)
+
+
+class AllRequestsFailedError(EmbeddingAPIError, RuntimeError):
+    """Every embeddings request of a call failed: nothing to return.
+
+    Raised chained (``raise ... from``) to the last underlying cause. `failures`
+    maps each input index to its reason.
+    """
+
+    def __init__(self, message: str, *, failures: dict[int, str] | None = None, **kw: Any) -> None:
+        self.failures = dict(failures or {})
+        super().__init__(message, **kw)
+
+
+class StoreError(CoreError):
+    """The vector store could not be reached or refused the schema."""

@@ -1,0 +1,40 @@
+"""Named limits of the OpenAI embeddings API and this library's defaults, in one place.
+
+The API's limits have moved before (the per-request token cap appeared in 2024);
+every one of them is a constructor argument of `EmbeddingService` too.
+"""
+
+from __future__ import annotations
+
+# --- The embeddings API's documented limits -------------------------------------------
+MAX_INPUTS_PER_REQUEST = 2048
+"""At most this many inputs in one `/v1/embeddings` request."""
+
+MAX_TOKENS_PER_REQUEST = 300_000
+"""At most this many tokens summed over all inputs of one request (HTTP 400 beyond)."""
+
+MAX_TOKENS_PER_INPUT = 8191
+"""At most this many tokens in one input for text-embedding-3-* and ada-002."""
+
+# --- Models ----------------------------------------------------------------------------
+DEFAULT_MODEL = "text-embedding-3-small"
+MODEL_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+TOKENIZER_ENCODING = "cl100k_base"
+"""The tokenizer of every model above."""
+
+# --- Retries and pacing ----------------------------------------------------------------
+DEFAULT_MAX_RETRIES = 6
+INITIAL_RETRY_DELAY = 0.5
+"""Seconds before the first retry; doubles each attempt, with jitter."""
+MAX_RETRY_DELAY = 20.0
+"""Cap on a computed backoff delay, in seconds."""
+MAX_RETRY_AFTER = 120.0
+"""Cap on a server-sent `retry-after` / `retry-after-ms`, in seconds."""
+DEFAULT_REQUEST_TIMEOUT = 60.0
+"""Seconds before a hung request is cut (and retried)."""
+DEFAULT_MAX_CONCURRENCY = 8
+"""Embeddings requests in flight at once."""
