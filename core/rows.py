@@ -1,0 +1,47 @@
+"""One stored row per section: the shape every store writes.
+
+A row's vector is kept as a compact float32 `array.array('f')` (6 KB for 1536
+dimensions, against ~49 KB as a list of Python floats); each store turns it
+into its own wire format (JSON text for PostgREST, binary for psycopg).
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Row", "vector_literal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What a store upserts for one section.
+
+    Attributes:
+        section_id: The section's id (`bigint` primary key of the table).
+        title: The section's title, kept so search results are readable.
+        embedding: The vector, float32.
+        model: The embeddings model that produced it.
+        content_hash: SHA-256 hex of the embedded text; an unchanged hash and model
+            means the section can be skipped on the next run.
+        token_count: Tokens of the embedded text (cl100k_base).
+        updated_at: ISO-8601 UTC timestamp of the write.
+    """
+
+    section_id: int
+    title: str
+    embedding: array.array
+    model: str
+    content_hash: str
+    token_count: int
+    updated_at: str
+
+
+def vector_literal(vector: Sequence[float]) -> str:
+    """pgvector's text form, ``[x1,x2,...]``, with float32's 9 round-trip digits.
+
+    9 significant digits are enough to round-trip any float32 exactly and are
+    ~40% shorter than Python's float64 repr of the same values.
+    """
+    return "[" + ",".join(["%.9g" % x for x in vector]) + "]"

