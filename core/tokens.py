@@ -93,9 +93,10 @@ def count_tokens(text: str) -> int:
 
 def count_tokens_batch(texts: Sequence[str], *, num_threads: int = 2) -> list[int]:
     """Token counts of many texts; tiktoken releases the GIL, so threads help."""
-    if not texts:
-        return []
-    encoded = get_encoding().encode_ordinary_batch(list(texts), num_threads=num_threads)
+    encoding = get_encoding()
+    if len(texts) < 256:  # a thread pool costs more than it saves on small lists
+        return [len(encoding.encode_ordinary(text)) for text in texts]
+    encoded = encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
     return [len(tokens) for tokens in encoded]
 
 

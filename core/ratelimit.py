@@ -1,0 +1,160 @@
+"""Client-side pacing: token buckets for requests/min and tokens/min, learned from the API.
+
+The API tells every client its budget in `x-ratelimit-*` headers (on 200s via the
+HTTP client's response hook, and on 429s via the error). The limiter mirrors it as
+two continuously refilling buckets and makes each request wait for its share
+*before* sending, so a large job runs at the ceiling instead of bouncing off it.
+A 429's `retry-after` pauses every worker, not just the one that was refused.
+
+Clock and sleep are injectable so tests run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .retry import parse_duration
+
+__all__ = ["RateLimiter", "TokenBucket"]
+
+_SECONDS_PER_MINUTE = 60.0
+
+
+@dataclass
+class TokenBucket:
+    """A bucket of `capacity` units refilling at `rate` units/s. `capacity=None`: unlimited."""
+
+    capacity: float | None = None
+    rate: float = 0.0
+    level: float = 0.0
+    updated: float = 0.0
+
+    @classmethod
+    def per_minute(cls, limit: float | None, now: float) -> TokenBucket:
+        if limit is None:
+            return cls()
+        return cls(capacity=float(limit), rate=float(limit) / _SECONDS_PER_MINUTE, level=float(limit), updated=now)
+
+    def refill(self, now: float) -> None:
+        if self.capacity is None:
+            return
+        self.level = min(self.capacity, self.level + self.rate * max(0.0, now - self.updated))
+        self.updated = now
+
+    def wait_time(self, cost: float, now: float) -> float:
+        """Seconds until `cost` units are available (a cost above capacity waits for a full bucket)."""
+        if self.capacity is None:
+            return 0.0
+        self.refill(now)
+        need = min(cost, self.capacity)
+        if self.level >= need:
+            return 0.0
+        if self.rate <= 0:
+            return 1.0
+        return (need - self.level) / self.rate
+
+    def take(self, cost: float) -> None:
+        if self.capacity is not None:
+            self.level -= cost
+
+    def sync(self, limit: float, remaining: float | None, reset: float | None, now: float) -> None:
+        """Align with the server's view: its limit, what remains, and when it is full again."""
+        known = self.capacity is not None
+        self.refill(now)
+        self.capacity = limit
+        if remaining is not None and reset is not None and reset > 0 and remaining < limit:
+            # The server refills (limit - remaining) in `reset` seconds: that is its rate.
+            self.rate = (limit - remaining) / reset
+        elif self.rate <= 0:
+            self.rate = limit / _SECONDS_PER_MINUTE
+        server_level = limit if remaining is None else remaining
+        # Our own level already counts requests in flight that the server has not
+        # seen yet, so only ever move down to the server's figure, never up.
+        self.level = min(self.level, server_level) if known else server_level
+        self.updated = now
+
+
+class RateLimiter:
+    """Paces requests by requests/min and tokens/min, shared by all workers of a service.
+
+    Args:
+        tokens_per_minute: Known TPM limit, or None to learn it from headers.
+        requests_per_minute: Known RPM limit, or None to learn it from headers.
+        clock: Monotonic clock in seconds (injectable for tests).
+        sleep: Sleep function (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens_per_minute: float | None = None,
+        requests_per_minute: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        now = clock()
+        self.tokens = TokenBucket.per_minute(tokens_per_minute, now)
+        self.requests = TokenBucket.per_minute(requests_per_minute, now)
+        self._paused_until = 0.0
+        self.waited_seconds = 0.0
+
+    def acquire(self, tokens: int) -> float:
+        """Block until one request of `tokens` tokens fits both budgets; reserve it.
+
+        Returns:
+            Seconds spent waiting.
+        """
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait = max(
+                    self._paused_until - now,
+                    self.tokens.wait_time(tokens, now),
+                    self.requests.wait_time(1, now),
+                )
+                if wait <= 0:
+                    self.tokens.take(tokens)
+                    self.requests.take(1)
+                    self.waited_seconds += waited
+                    return waited
+            self._sleep(wait)
+            waited += wait
+
+    def pause(self, seconds: float) -> None:
+        """Hold every worker for `seconds` (after a 429 with `retry-after`)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn limits and remaining budget from a response's `x-ratelimit-*` headers."""
+        for kind, bucket in (("tokens", self.tokens), ("requests", self.requests)):
+            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            if limit is None or limit <= 0:
+                continue
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            with self._lock:
+                bucket.sync(limit, remaining, reset, self._clock())
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        """The token budget per minute as currently known (None: unknown/unlimited)."""
+        if self.tokens.capacity is None:
+            return None
+        return self.tokens.rate * _SECONDS_PER_MINUTE
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None

@@ -1,0 +1,168 @@
+"""Retry decisions as small pure functions: what to retry, and how long to wait.
+
+Kept free of I/O and clocks so they are tested exhaustively in milliseconds;
+the embedding service injects its own `sleep` and random source.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from .limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
+
+__all__ = [
+    "MisalignedResponseError",
+    "should_retry",
+    "retry_delay",
+    "retry_after_seconds",
+    "parse_duration",
+    "error_status",
+    "error_headers",
+    "error_code",
+]
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+"""Plus every 5xx: timeouts, lock conflicts, rate limits and server faults pass."""
+
+
+class MisalignedResponseError(Exception):
+    """A response did not carry exactly one vector per input, at the right indices.
+
+    Never accepted: a vector stored under the wrong section is worse than none.
+    """
+
+
+def error_status(exc: BaseException) -> int | None:
+    """HTTP status of an SDK `APIStatusError`, else None."""
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def error_headers(exc: BaseException) -> Mapping[str, str]:
+    """Response headers carried by an SDK error (empty when it has none)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers if isinstance(headers, Mapping) or hasattr(headers, "get") else {}
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The API's error `code` (e.g. ``insufficient_quota``), from the SDK error or its body."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and isinstance(inner.get("code"), str):
+            return inner["code"]
+    return None
+
+
+def _is_sdk_transport_error(exc: BaseException) -> bool:
+    # Imported lazily: openai is a hard dependency, but this module stays pure.
+    import openai
+
+    return isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError))
+
+
+def should_retry(exc: BaseException) -> bool:
+    """Whether a failed embeddings request is worth sending again.
+
+    Retried: timeouts and connection errors, 408/409/429/5xx, and responses
+    whose vectors did not line up with the inputs. Not retried: a 429 whose
+    code is ``insufficient_quota`` (billing, waiting will not help), other 4xx
+    (the request itself is wrong), and any exception that is not an API error
+    (a bug or a mock's deliberate failure: repeating it hides it).
+    """
+    if isinstance(exc, MisalignedResponseError):
+        return True
+    if _is_sdk_transport_error(exc):
+        return True
+    status = error_status(exc)
+    if status is None:
+        return False
+    if error_code(exc) == "insufficient_quota":
+        return False
+    explicit = str(error_headers(exc).get("x-should-retry", "")).lower()
+    if explicit in ("true", "false"):
+        return explicit == "true"
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
+    """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or HTTP date).
+
+    Returns None when absent, unparsable, negative or above `MAX_RETRY_AFTER`
+    (a server asking for minutes is better answered by our own backoff).
+    """
+    value: float | None = None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = None
+    if value is None:
+        raw = headers.get("retry-after")
+        if raw is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+                value = parsed.timestamp() - now() if parsed is not None else None
+    if value is None or value < 0 or value > MAX_RETRY_AFTER:
+        return None
+    return value
+
+
+def retry_delay(
+    attempt: int,
+    headers: Mapping[str, str] | None = None,
+    *,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number `attempt` (1-based).
+
+    The server's `retry-after-ms` / `retry-after` wins when sane; otherwise
+    exponential backoff from `INITIAL_RETRY_DELAY`, capped at `MAX_RETRY_DELAY`,
+    with up to 25% jitter taken off so that parallel workers spread out.
+    """
+    server = retry_after_seconds(headers or {})
+    if server is not None:
+        return server
+    base = min(INITIAL_RETRY_DELAY * (2 ** max(attempt - 1, 0)), MAX_RETRY_DELAY)
+    return base * (1.0 - 0.25 * rng())
+
+
+def parse_duration(text: str | None) -> float | None:
+    """OpenAI's rate-limit reset durations (``6m0s``, ``1.5s``, ``120ms``, ``1h2m``) in seconds."""
+    if not text:
+        return None
+    total, number, i, s = 0.0, "", 0, text.strip()
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    matched = False
+    while i < len(s):
+        ch = s[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if s.startswith("ms", i) else ch
+        if unit not in units or not number:
+            return None
+        try:
+            total += float(number) * units[unit]
+        except ValueError:
+            return None
+        matched, number = True, ""
+        i += len(unit)
+    if number:  # a bare number: seconds
+        try:
+            total += float(number)
+        except ValueError:
+            return None
+        matched = True
+    return total if matched else None
