@@ -7,9 +7,11 @@ the embedding service injects its own `sleep` and random source.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from datetime import timezone
 
 from .limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
@@ -95,8 +97,9 @@ def should_retry(exc: BaseException) -> bool:
 def retry_after_seconds(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
     """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or HTTP date).
 
-    Returns None when absent, unparsable, negative or above `MAX_RETRY_AFTER`
-    (a server asking for minutes is better answered by our own backoff).
+    Returns None when absent, unparsable (garbage, NaN) or negative; a wait above
+    `MAX_RETRY_AFTER` is capped to it (a server asking for minutes still gets a
+    long pause, never a hammering 0.5 s backoff).
     """
     value: float | None = None
     raw_ms = headers.get("retry-after-ms")
@@ -107,15 +110,25 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: Callable[[], float] 
             value = None
     if value is None:
         raw = headers.get("retry-after")
-        if raw is not None:
+        if raw:
             try:
                 value = float(raw)
             except ValueError:
-                parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-                value = parsed.timestamp() - now() if parsed is not None else None
-    if value is None or value < 0 or value > MAX_RETRY_AFTER:
+                value = _http_date_delay(raw, now)
+    if value is None or math.isnan(value) or value < 0:
         return None
-    return value
+    return min(value, MAX_RETRY_AFTER)
+
+
+def _http_date_delay(raw: str, now: Callable[[], float]) -> float | None:
+    """Seconds until an HTTP date (RFC 9110), or None when it is not one."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": a UTC time without a known zone
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp() - now()
 
 
 def retry_delay(
