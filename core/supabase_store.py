@@ -229,4 +229,7 @@ def _is_transient(exc: BaseException) -> bool:
         return False
     if code in _TRANSIENT_CODES or code.startswith("08"):
         return True
-    return code.isdigit() and (int(code) >= 500 or int(code) in (408, 429))
+    # An HTTP status stands in for the code only when the body carried none: three
+    # digits. SQLSTATEs are five characters and many are all digits (23505, 42501,
+    # 22003): those are permanent unless listed above, not "status >= 500".
+    return len(code) == 3 and code.isdigit() and (int(code) >= 500 or int(code) in (408, 429))
