@@ -87,12 +87,10 @@ class IngestProgress:
 
 @dataclass
 class _Outcome:
-    failed_ids: list[Any] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     skipped_ids: list[int] = field(default_factory=list)
 
     def fail(self, index: int, section_id: Any, reason: str, progress: IngestProgress) -> None:
-        self.failed_ids.append(section_id)
         self.failures.append({"index": index, "id": section_id, "reason": reason})
         progress.failed += 1
 
@@ -181,13 +179,16 @@ class SectionStore(abc.ABC):
                 chunk, offset, embedding_service, batch_size, skip_unchanged, seen_ids, counters, outcome, progress
             )
             offset += len(chunk)
+        # Within a window, validation failures are found before embedding and store
+        # failures: put them back in input order, as documented.
+        failures = sorted(outcome.failures, key=lambda failure: failure["index"])
         return {
             "success_count": counters.stored,
             "failed_count": counters.failed,
             "skipped_count": counters.skipped,
             "total_tokens": counters.tokens,
-            "failed_ids": outcome.failed_ids,
-            "failures": outcome.failures,
+            "failed_ids": [failure["id"] for failure in failures],
+            "failures": failures,
             "skipped_ids": outcome.skipped_ids,
         }
 
