@@ -296,9 +296,14 @@ class SectionStore(abc.ABC):
             return {}, {i: reason for i in range(len(texts))}, [0] * len(texts)
         failed = set(result.get("failed_indices", []))
         indices = result.get("indices") or [i for i in range(len(texts)) if i not in failed]
-        vectors = {i: _array.array("f", v) for i, v in zip(indices, result["embeddings"])}
-        errors = {i: str(result.get("errors", {}).get(i, "failed")) for i in range(len(texts)) if i not in vectors}
+        embeddings = list(result.get("embeddings", []))
         counters.tokens += int(result.get("total_tokens", 0))
+        if len(embeddings) != len(indices):
+            # Pairing them in order would store vectors under the wrong sections.
+            reason = f"service returned {len(embeddings)} vectors for {len(indices)} inputs; cannot tell which is whose"
+            return {}, {i: reason for i in range(len(texts))}, [0] * len(texts)
+        vectors = {i: _array.array("f", v) for i, v in zip(indices, embeddings)}
+        errors = {i: str(result.get("errors", {}).get(i, "failed")) for i in range(len(texts)) if i not in vectors}
         return vectors, errors, [0] * len(texts)
 
     # --- search --------------------------------------------------------------------------
