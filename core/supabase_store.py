@@ -97,7 +97,12 @@ class SupabaseStore(SectionStore):
                 "or set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY)"
             )
         self._key = key
-        self.client = create_client(self.url, key)
+        try:
+            self.client = create_client(self.url, key)
+        except Exception as exc:  # supabase-py's SupabaseException: bad URL, key not a string...
+            raise ConfigurationError(
+                f"cannot create a Supabase client for {self.url!r}: {self._reason(exc)}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"SupabaseStore(url={self.url!r}, table={self.table!r}, key='***')"
