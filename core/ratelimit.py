@@ -21,6 +21,10 @@ from .retry import parse_duration
 __all__ = ["RateLimiter", "TokenBucket"]
 
 _SECONDS_PER_MINUTE = 60.0
+_NEGLIGIBLE_WAIT = 1e-6
+"""Seconds below which a wait is float rounding residue, not a real shortfall: after
+sleeping the computed wait, `clock() + wait` can round back to `clock()` and the
+bucket stay 1e-13 tokens short, so such a wait is granted instead of slept."""
 
 
 @dataclass
@@ -119,7 +123,7 @@ class RateLimiter:
                     self.tokens.wait_time(tokens, now),
                     self.requests.wait_time(1, now),
                 )
-                if wait <= 0:
+                if wait <= _NEGLIGIBLE_WAIT:
                     self.tokens.take(tokens)
                     self.requests.take(1)
                     self.waited_seconds += waited
