@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import httpx
 from supabase import create_client
 
 from .errors import ConfigurationError
@@ -89,6 +90,7 @@ class SupabaseStore(SectionStore):
         if client is not None:
             self.client = client
             self._key: str | None = key
+            self._prepare_client()
             return
         key = key or os.environ.get("SUPABASE_SERVICE_ROLE_KEY") or os.environ.get("SUPABASE_KEY")
         if not self.url or not key:
@@ -103,6 +105,7 @@ class SupabaseStore(SectionStore):
             raise ConfigurationError(
                 f"cannot create a Supabase client for {self.url!r}: {self._reason(exc)}"
             ) from None
+        self._prepare_client()
 
     def __repr__(self) -> str:
         return f"SupabaseStore(url={self.url!r}, table={self.table!r}, key='***')"
@@ -127,6 +130,7 @@ class SupabaseStore(SectionStore):
         return found
 
     def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
+        self._prepare_client()  # before the threads: supabase-py may have dropped it
         payloads = [self.row_payload(row) for row in rows]
         if self.rows_per_request == 1:
             return self._write_each(payloads)
@@ -158,6 +162,18 @@ class SupabaseStore(SectionStore):
             "token_count": row.token_count,
             "updated_at": row.updated_at,
         }
+
+    def _prepare_client(self) -> None:
+        """Build supabase-py's PostgREST client now, before any thread needs it.
+
+        supabase-py builds `client.postgrest` lazily with no lock (and drops it on
+        auth events): left to the first concurrent upserts, each thread built its own
+        PostgREST client and HTTP connection pool, all but one leaked.
+        """
+        try:
+            getattr(self.client, "postgrest", None)
+        except Exception:  # an unusual client: nothing to prepare
+            return
 
     def _upsert(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
         self.client.table(self.table).upsert(body, on_conflict="section_id", returning="minimal").execute()
@@ -225,8 +241,6 @@ def _error_code(exc: BaseException) -> str | None:
 
 def _is_transient(exc: BaseException) -> bool:
     """Worth retrying: timeouts, dropped connections, 5xx/408/429, lock and pool trouble."""
-    import httpx
-
     if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
         return True
     code = _error_code(exc)
