@@ -10,6 +10,7 @@ find the bad rows) and halve a chunk answered 413 or a statement timeout.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,8 @@ class SupabaseStore(SectionStore):
         self.rows_per_request = rows_per_request
         self.row_retries = row_retries
         self._sleep = sleep
+        self._local = threading.local()  # per thread: HTTP status of the last PostgREST answer
+        self._watched: Any = None
         self.url = url or os.environ.get("SUPABASE_URL")
         if client is not None:
             self.client = client
@@ -164,19 +167,39 @@ class SupabaseStore(SectionStore):
         }
 
     def _prepare_client(self) -> None:
-        """Build supabase-py's PostgREST client now, before any thread needs it.
+        """Build supabase-py's PostgREST client now, once, and watch its answers' statuses.
 
         supabase-py builds `client.postgrest` lazily with no lock (and drops it on
         auth events): left to the first concurrent upserts, each thread built its own
-        PostgREST client and HTTP connection pool, all but one leaked.
+        PostgREST client and HTTP connection pool, all but one leaked. And PostgREST's
+        `APIError` keeps no HTTP status: a gateway's 502/503/504/429 or 413 with a
+        JSON body but no `code` (``{"message": "..."}``) would look permanent. A
+        response hook on the session records each thread's last status instead.
         """
         try:
-            getattr(self.client, "postgrest", None)
-        except Exception:  # an unusual client: nothing to prepare
+            session = getattr(getattr(self.client, "postgrest", None), "session", None)
+        except Exception:  # an unusual client: no hook, codes as the errors carry them
             return
+        if not isinstance(session, httpx.Client) or session is self._watched:
+            return
+        hooks = dict(session.event_hooks)
+        hooks["response"] = [*hooks.get("response", []), self._observe_status]
+        session.event_hooks = hooks
+        self._watched = session
+
+    def _observe_status(self, response: httpx.Response) -> None:
+        self._local.status = response.status_code
 
     def _upsert(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
-        self.client.table(self.table).upsert(body, on_conflict="section_id", returning="minimal").execute()
+        self._local.status = None
+        try:
+            self.client.table(self.table).upsert(body, on_conflict="section_id", returning="minimal").execute()
+        except Exception as exc:
+            status = getattr(self._local, "status", None)
+            if _error_code(exc) is None and isinstance(status, int) and status >= 400:
+                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                raise _HTTPStatusError(status, message) from exc
+            raise
 
     def _write_each(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
         failures: dict[int, str] = {}
@@ -232,6 +255,15 @@ class SupabaseStore(SectionStore):
         if self._key:
             text = text.replace(self._key, "***")
         return text
+
+
+class _HTTPStatusError(Exception):
+    """A PostgREST failure whose body named no error code: its HTTP status stands in."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code = str(status)
+        self.message = message
 
 
 def _error_code(exc: BaseException) -> str | None:
