@@ -97,6 +97,7 @@ class EmbeddingBatch:
         retries: Of those, how many were retries.
         rate_limited: How many answers were 429.
         last_error: The last exception behind a failure, for chaining.
+        dimensions: Width of every vector of this call (None until one arrived).
     """
 
     vectors: dict[int, array.array] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class EmbeddingBatch:
     retries: int = 0
     rate_limited: int = 0
     last_error: BaseException | None = None
+    dimensions: int | None = None
 
     @property
     def failed_indices(self) -> list[int]:
@@ -437,7 +439,7 @@ class EmbeddingService:
                 batch.retries += attempt > 0
             try:
                 response = self.client.embeddings.create(**kwargs)
-                vectors = self._decode(response, len(texts))
+                vectors = self._decode(response, len(texts), batch)
             except Exception as exc:
                 attempt += 1
                 headers = error_headers(exc)
@@ -460,21 +462,36 @@ class EmbeddingService:
                 batch.total_tokens += used if isinstance(used, int) and not isinstance(used, bool) else tokens
             return vectors
 
-    def _decode(self, response: Any, expected: int) -> list[array.array]:
+    def _decode(self, response: Any, expected: int, batch: EmbeddingBatch | None = None) -> list[array.array]:
         """Vectors in input order, or `MisalignedResponseError` when they cannot be trusted."""
         data = list(getattr(response, "data", None) or [])
         if len(data) != expected:
             raise MisalignedResponseError(f"response carried {len(data)} vectors for {expected} inputs")
         positions = [_field(item, "index") for item in data]
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        if any(p is not None for p in positions):  # no index at all: the list order is all there is
+            if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+                raise MisalignedResponseError(f"response items carry missing or non-integer indices {positions[:5]}")
             if sorted(positions) != list(range(expected)):  # type: ignore[type-var]
                 raise MisalignedResponseError(f"response indices {sorted(positions)[:5]}... do not match 0..{expected - 1}")  # type: ignore[type-var]
             data = [item for _, item in sorted(zip(positions, data), key=lambda pair: pair[0])]  # type: ignore[arg-type,return-value]
-        vectors = [_to_float32(_field(item, "embedding")) for item in data]
+        vectors: list[array.array] = []
+        for position, item in enumerate(data):
+            try:
+                vectors.append(_to_float32(_field(item, "embedding")))
+            except (TypeError, ValueError, OverflowError) as exc:  # binascii.Error is a ValueError
+                raise MisalignedResponseError(f"vector {position} cannot be decoded: {exc}") from exc
         want = self.dimensions or len(vectors[0])
         for position, vector in enumerate(vectors):
             if len(vector) != want or want == 0:
                 raise MisalignedResponseError(f"vector {position} has {len(vector)} dimensions, expected {want}")
+        if batch is not None:  # every vector of one call has one width (a numpy block relies on it)
+            with self._stats_lock:
+                if batch.dimensions is None:
+                    batch.dimensions = want
+                elif batch.dimensions != want:
+                    raise MisalignedResponseError(
+                        f"response has {want}-dimension vectors, earlier responses had {batch.dimensions} dimensions"
+                    )
         return vectors
 
     def _observe_response(self, response: Any) -> None:
@@ -542,7 +559,7 @@ def _to_float32(embedding: Any) -> array.array:
     """A float32 `array('f')` from base64 text, a float list, or anything with `tobytes`."""
     if isinstance(embedding, str):
         vector = array.array("f")
-        vector.frombytes(base64.b64decode(embedding))
+        vector.frombytes(base64.b64decode(embedding, validate=True))
         if sys.byteorder == "big":  # the API sends little-endian float32
             vector.byteswap()
         return vector
