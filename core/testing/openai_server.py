@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from core.tokens import count_tokens_batch, get_encoding
+
 __all__ = [
     "DEFAULT_CONFIG",
     "FAULT_NAMES",
@@ -93,6 +95,7 @@ _NOISE_DIMS = 16
 _NOISE_SCALE = 0.01
 _WORD_RE = re.compile(r"\w+")
 _COUNT_CACHE_MAX = 500_000
+_LOG_MAX = 1_000_000  # stats keep the most recent requests' log entries
 _LONG_WORD = 48  # longer words are hashed with zlib directly
 _MAX_BODY = 256 * 1024 * 1024
 
@@ -142,7 +145,7 @@ def _word_codes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     All texts' words go in one byte buffer and the crc32 of every word is
     computed at once, one byte position per step; words are sorted longest
     first so the words still going form a prefix. Equal to zlib.crc32 of each
-    word's UTF-8 bytes, without a Python call per word (about 2x faster).
+    word's UTF-8 bytes, without a Python call per word.
     """
     n = len(texts)
     joined = "\n".join(texts)
@@ -166,7 +169,7 @@ def _word_codes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     long = lengths > _LONG_WORD
     if long.any():  # rare; a byte-position loop over them would be long
         idx = np.flatnonzero(long)
-        codes[idx] = [zlib.crc32(buf[p : p + n]) for p, n in zip(starts[idx].tolist(), lengths[idx].tolist())]
+        codes[idx] = [zlib.crc32(buf[p : p + ln]) for p, ln in zip(starts[idx].tolist(), lengths[idx].tolist())]
         idx = np.flatnonzero(~long)
         codes[idx] = _crc32_words(data, starts[idx], lengths[idx])
     else:
@@ -480,7 +483,7 @@ class _State:
         self.tokens_ok = 0
         self.inputs_ok = 0
         self.max_in_flight = self.in_flight
-        self.log: list[list[Any]] = []
+        self.log: deque[list[Any]] = deque(maxlen=_LOG_MAX)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -621,8 +624,6 @@ class _State:
         counts = [cache.get(d) for d in digests]
         missing = [i for i, c in enumerate(counts) if c is None]
         if missing:
-            from core.tokens import count_tokens_batch
-
             fresh = count_tokens_batch([texts[i] for i in missing], num_threads=2 if len(missing) >= 64 else 1)
             if len(cache) > _COUNT_CACHE_MAX:
                 cache.clear()
@@ -925,8 +926,6 @@ def _parse_input(value: Any, state: _State, cfg: dict[str, Any]) -> tuple[list[s
         digests = _digests(texts)
         return texts, state.count_tokens(texts, digests), digests
     if all(isinstance(x, list) for x in items):
-        from core.tokens import get_encoding
-
         enc = get_encoding()
         vocab = enc.n_vocab
         texts, counts = [], []
@@ -981,8 +980,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def warm_up() -> None:  # load cl100k_base now, not inside the first request
         try:
-            from core.tokens import get_encoding
-
             get_encoding()
         except Exception as exc:  # reported again, as a 500, by the first request needing it
             print(f"warning: tokenizer failed to load: {exc}", file=sys.stderr, flush=True)
