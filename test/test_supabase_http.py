@@ -1,0 +1,437 @@
+"""SupabaseStore's HTTP contract: the real supabase-py client, PostgREST answered by respx.
+
+`SupabaseStore(url=..., key=...)` builds its client with supabase-py's
+`create_client`; supabase-py talks to PostgREST through httpx, which respx
+intercepts, so every request is checked as it would reach a Supabase project:
+method, path, query, headers, JSON body. Nothing leaves the process
+(`respx.mock` refuses any request no route matches), and no test sleeps: the
+store's retries sleep through an injected recorder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from core.ingest import content_hash, section_text
+from core.rows import vector_literal
+from core.supabase_store import SupabaseStore
+from core.tokens import count_tokens
+from test_supabase_store_rows import (  # helpers only (no test classes), shared with the mocked-client tests
+    KEY,
+    MODEL,
+    URL,
+    assert_accounted,
+    make_service,
+    parse_literal,
+    sections,
+    vector_for,
+)
+
+TABLE_PATH = "/rest/v1/section_embeddings"
+pytestmark = pytest.mark.filterwarnings(
+    # supabase-py passes postgrest-py arguments it has itself deprecated
+    "ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"
+)
+
+ROW_FIELDS = {"section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at"}
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=URL, assert_all_called=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def store(router: respx.MockRouter, sleeps: list[float]) -> SupabaseStore:
+    return SupabaseStore(url=URL, key=KEY, sleep=sleeps.append)
+
+
+def body_of(request: httpx.Request) -> Any:
+    return json.loads(request.content)
+
+
+def ids_in(body: Any) -> list[int]:
+    return [r["section_id"] for r in body] if isinstance(body, list) else [body["section_id"]]
+
+
+class Table:
+    """A PostgREST table behind respx: answers upserts with `answer(body, attempt)` and
+    hash lookups from what it stored."""
+
+    def __init__(self, router: respx.MockRouter, answer: Any = None, lookup: Any = None) -> None:
+        self.answer = answer or (lambda body, attempt: httpx.Response(201))
+        self.lookup = lookup
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.attempts: dict[Any, int] = {}
+        self.lock = threading.Lock()
+        self.post = router.post(TABLE_PATH).mock(side_effect=self._upsert)
+        self.get = router.get(TABLE_PATH).mock(side_effect=self._select)
+
+    def _upsert(self, request: httpx.Request) -> httpx.Response:
+        body = body_of(request)
+        key = tuple(ids_in(body)) if isinstance(body, list) else body["section_id"]
+        with self.lock:
+            attempt = self.attempts.get(key, 0)
+            self.attempts[key] = attempt + 1
+        response = self.answer(body, attempt)
+        if response.status_code < 300:
+            with self.lock:
+                for row in body if isinstance(body, list) else [body]:
+                    self.rows[row["section_id"]] = row
+        return response
+
+    def _select(self, request: httpx.Request) -> httpx.Response:
+        if self.lookup is not None:
+            return self.lookup(request)
+        wanted = parse_in(request)
+        return httpx.Response(
+            200,
+            json=[
+                {"section_id": i, "content_hash": self.rows[i]["content_hash"], "model": self.rows[i]["model"]}
+                for i in wanted
+                if i in self.rows
+            ],
+        )
+
+    def bodies(self) -> list[Any]:
+        return [body_of(call.request) for call in self.post.calls]
+
+
+def parse_in(request: httpx.Request) -> list[int]:
+    value = request.url.params["section_id"]
+    assert value.startswith("in.(") and value.endswith(")"), value
+    return [int(x) for x in value[4:-1].split(",")]
+
+
+def postgrest_error(status: int, code: str, message: str) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "details": None, "hint": None, "message": message})
+
+
+# --- the request ---------------------------------------------------------------------------
+
+
+class TestUpsertRequest:
+    def test_one_post_per_row_with_postgrest_headers_and_the_row_object(self, router, store):
+        table = Table(router)
+        service, api = make_service()
+        secs = sections(range(1, 6))
+        result = store.batch_ingest_embeddings(secs, service)
+
+        assert result["success_count"] == 5 and result["failed_count"] == 0
+        assert table.post.call_count == 5
+        by_id = {s["id"]: s for s in secs}
+        for call in table.post.calls:
+            request = call.request
+            assert request.method == "POST"
+            assert request.url.path == TABLE_PATH
+            assert dict(request.url.params) == {"on_conflict": "section_id"}
+            prefer = {p.strip() for p in request.headers["Prefer"].split(",")}
+            assert {"return=minimal", "resolution=merge-duplicates"} <= prefer
+            assert request.headers["apikey"] == KEY
+            assert request.headers["Authorization"] == f"Bearer {KEY}"
+            assert request.headers["Content-Type"].startswith("application/json")
+
+            body = body_of(request)
+            assert isinstance(body, dict) and set(body) == ROW_FIELDS  # the row itself, not a list
+            section = by_id[body["section_id"]]
+            text = section_text(section["title"], section["content"])
+            assert body["title"] == section["title"]
+            assert body["embedding"] == vector_literal(vector_for(text))
+            assert parse_literal(body["embedding"]) == vector_for(text)
+            assert body["model"] == MODEL
+            assert body["content_hash"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
+            assert body["token_count"] == count_tokens(text)
+            assert body["updated_at"].endswith("+00:00")
+        assert sorted(table.rows) == [1, 2, 3, 4, 5]
+        assert len(api.inputs) == 5
+
+    def test_hash_lookup_request_and_skip(self, router, store):
+        secs = sections([1, 2, 3])
+        text2 = section_text(secs[1]["title"], secs[1]["content"])
+        lookups: list[httpx.Request] = []
+
+        def lookup(request: httpx.Request) -> httpx.Response:
+            lookups.append(request)
+            return httpx.Response(
+                200,
+                json=[
+                    {"section_id": 2, "content_hash": content_hash(text2), "model": MODEL},
+                    {"section_id": 3, "content_hash": "0" * 64, "model": MODEL},  # changed since
+                ],
+            )
+
+        table = Table(router, lookup=lookup)
+        service, api = make_service()
+        result = store.batch_ingest_embeddings(secs, service)
+
+        (request,) = lookups
+        assert request.method == "GET" and request.url.path == TABLE_PATH
+        assert request.url.params["select"] == "section_id,content_hash,model"
+        assert request.url.params["section_id"] == "in.(1,2,3)"
+        assert parse_qs(request.url.query.decode())["section_id"] == ["in.(1,2,3)"]
+        assert request.headers["apikey"] == KEY
+        assert result["skipped_ids"] == [2] and result["success_count"] == 2
+        assert sorted(ids for b in table.bodies() for ids in ids_in(b)) == [1, 3]
+        assert text2 not in api.inputs
+
+    def test_unchanged_rows_skipped_with_chunked_lookups(self, router, store):
+        table = Table(router)
+        service, api = make_service()
+        secs = sections(range(1, 1102))
+        for s in secs:  # stored by an earlier run
+            text = section_text(s["title"], s["content"])
+            table.rows[s["id"]] = {"content_hash": content_hash(text), "model": MODEL}
+
+        result = store.batch_ingest_embeddings(secs, service)
+        assert result["skipped_count"] == 1101 and api.calls == []
+        assert table.post.call_count == 0
+        sizes = [len(parse_in(call.request)) for call in table.get.calls]
+        assert sizes == [500, 500, 101]
+
+    @pytest.mark.parametrize("status", [500, 400, 401])
+    def test_failing_lookup_re_embeds_everything(self, router, store, status):
+        table = Table(router, lookup=lambda request: postgrest_error(status, "XX000", "lookup broke"))
+        service, api = make_service()
+        result = store.batch_ingest_embeddings(sections([1, 2]), service)
+        assert result["success_count"] == 2 and result["skipped_count"] == 0
+        assert table.get.call_count == 1 and table.post.call_count == 2
+
+    def test_search_calls_the_match_rpc(self, router, sleeps):
+        service, api = make_service()
+        store = SupabaseStore(url=URL, key=KEY, embedding_service=service, sleep=sleeps.append)
+        hits = [{"section_id": 4, "title": "Four", "similarity": 0.83}]
+        rpc = router.post("/rest/v1/rpc/match_sections").mock(return_value=httpx.Response(200, json=hits))
+        assert store.search("where is four", k=3, threshold=0.5) == hits
+        request = rpc.calls.last.request
+        assert request.url.path == "/rest/v1/rpc/match_sections"
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert body_of(request) == {
+            "query_embedding": vector_literal(vector_for("where is four")),
+            "match_count": 3,
+            "match_threshold": 0.5,
+        }
+        assert api.inputs == ["where is four"]
+        store.search("q")
+        assert body_of(rpc.calls.last.request)["match_threshold"] is None
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+class TestAnswers:
+    def test_22p02_fails_that_row_with_code_and_message(self, router, store, sleeps):
+        def answer(body, attempt):
+            if body["section_id"] == 2:
+                return postgrest_error(400, "22P02", "invalid input syntax for type vector")
+            return httpx.Response(201)
+
+        table = Table(router, answer=answer)
+        service, _ = make_service()
+        result = store.batch_ingest_embeddings(sections([1, 2, 3]), service)
+        assert result["success_count"] == 2 and result["failed_ids"] == [2]
+        assert result["failures"] == [
+            {"index": 1, "id": 2, "reason": "store failed: 22P02: invalid input syntax for type vector"}
+        ]
+        assert table.attempts[2] == 1 and sleeps == []
+        assert sorted(table.rows) == [1, 3]
+
+    def test_409_unique_violation_not_retried(self, router, store, sleeps):
+        def answer(body, attempt):
+            if body["section_id"] == 1:
+                return postgrest_error(409, "23505", 'duplicate key value violates unique constraint "uq_title"')
+            return httpx.Response(201)
+
+        table = Table(router, answer=answer)
+        result = store.batch_ingest_embeddings(sections([1, 2]), make_service()[0])
+        assert result["failed_ids"] == [1]
+        assert result["failures"][0]["reason"].startswith("store failed: 23505: duplicate key value")
+        assert table.attempts[1] == 1 and sleeps == []
+
+    @pytest.mark.parametrize(
+        "response,code",
+        [
+            (lambda: httpx.Response(503, text="Service Unavailable"), "503"),
+            (lambda: httpx.Response(500, text="Internal Server Error"), "500"),
+            (lambda: httpx.Response(502, html="<html><body>Bad gateway</body></html>"), "502"),
+            # Supabase's API gateway answers with JSON that has a message but no code:
+            (lambda: httpx.Response(503, json={"message": "name resolution failed"}), "503"),
+            (lambda: httpx.Response(504, json={"message": "The upstream server is timing out"}), "504"),
+            (lambda: httpx.Response(429, json={"message": "API rate limit exceeded"}), "429"),
+            (lambda: postgrest_error(500, "57014", "canceling statement due to statement timeout"), "57014"),
+            (lambda: postgrest_error(503, "PGRST001", "Database client error"), "PGRST001"),
+        ],
+        ids=["503-text", "500-text", "502-html", "503-json", "504-json", "429-json", "57014", "PGRST001"],
+    )
+    def test_transient_answer_retried_then_failed_with_code(self, router, sleeps, response, code):
+        store = SupabaseStore(url=URL, key=KEY, row_retries=2, sleep=sleeps.append)
+        table = Table(router, answer=lambda body, attempt: response() if body["section_id"] == 2 else httpx.Response(201))
+        result = store.batch_ingest_embeddings(sections([1, 2, 3]), make_service()[0])
+        assert result["success_count"] == 2 and result["failed_ids"] == [2]
+        assert result["failures"][0]["reason"].startswith(f"store failed: {code}: ")
+        assert table.attempts[2] == 3 and sleeps == [0.5, 1.0]
+        assert_accounted(result, 3)
+
+    def test_transient_answer_then_201_is_stored(self, router, store, sleeps):
+        table = Table(
+            router,
+            answer=lambda body, attempt: httpx.Response(503, json={"message": "upstream"}) if attempt == 0 else httpx.Response(201),
+        )
+        secs = sections([1, 2])
+        result = store.batch_ingest_embeddings(secs, make_service()[0])
+        assert result["success_count"] == 2 and table.attempts == {1: 2, 2: 2}
+        assert sorted(sleeps) == [0.5, 0.5]
+        for s in secs:
+            assert table.rows[s["id"]]["embedding"] == vector_literal(vector_for(section_text(s["title"], s["content"])))
+
+    def test_4xx_json_without_code_is_not_retried_and_names_its_status(self, router, store, sleeps):
+        table = Table(router, answer=lambda body, attempt: httpx.Response(401, json={"message": "Invalid API key"}))
+        result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
+        assert result["failures"][0]["reason"] == "store failed: 401: Invalid API key"
+        assert table.attempts[1] == 1 and sleeps == []
+
+    def test_statuses_still_read_after_supabase_rebuilds_its_postgrest_client(self, router, store, sleeps):
+        """supabase-py drops `client.postgrest` on auth events; the next write watches the new one."""
+        table = Table(router, answer=lambda body, attempt: httpx.Response(504, json={"message": "upstream timeout"}))
+        store.client._postgrest = None  # what an auth state change does
+        result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
+        assert result["failures"][0]["reason"] == "store failed: 504: upstream timeout"
+        assert table.attempts[1] == 3
+
+    def test_connection_error_retried_then_failed(self, router, store, sleeps):
+        router.get(TABLE_PATH).mock(return_value=httpx.Response(200, json=[]))
+        post = router.post(TABLE_PATH).mock(side_effect=httpx.ConnectError("[Errno 111] Connection refused"))
+        result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
+        assert result["failures"][0]["reason"] == "store failed: ConnectError: [Errno 111] Connection refused"
+        assert post.call_count == 3 and sleeps == [0.5, 1.0]
+
+    def test_upserts_overlap_on_the_wire(self, router, sleeps):
+        store = SupabaseStore(url=URL, key=KEY, max_concurrency=4, sleep=sleeps.append)
+        state = {"now": 0, "max": 0}
+        lock = threading.Lock()
+
+        def slow(body, attempt):
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(0.01)
+            with lock:
+                state["now"] -= 1
+            return httpx.Response(201)
+
+        Table(router, answer=slow)
+        result = store.batch_ingest_embeddings(sections(range(1, 25)), make_service()[0], skip_unchanged=False)
+        assert result["success_count"] == 24
+        assert 1 < state["max"] <= 4
+
+    def test_one_postgrest_client_however_many_threads(self, router, sleeps, mocker):
+        """supabase-py builds its PostgREST client lazily and unguarded; the store builds it once."""
+        from supabase._sync.client import Client
+
+        built = mocker.spy(Client, "_init_postgrest_client")
+        store = SupabaseStore(url=URL, key=KEY, max_concurrency=16, sleep=sleeps.append)
+        Table(router, answer=lambda body, attempt: (time.sleep(0.002), httpx.Response(201))[1])
+        result = store.batch_ingest_embeddings(sections(range(1, 65)), make_service()[0], skip_unchanged=False)
+        assert result["success_count"] == 64
+        assert built.call_count == 1
+
+
+# --- bulk mode -----------------------------------------------------------------------------
+
+
+class TestBulkRequests:
+    def test_lists_of_at_most_n_rows_with_columns(self, router, sleeps):
+        store = SupabaseStore(url=URL, key=KEY, rows_per_request=3, sleep=sleeps.append)
+        table = Table(router)
+        secs = sections(range(1, 8))
+        result = store.batch_ingest_embeddings(secs, make_service()[0])
+        assert result["success_count"] == 7
+        bodies = table.bodies()
+        assert all(isinstance(b, list) for b in bodies)
+        assert sorted(len(b) for b in bodies) == [1, 3, 3]
+        for call in table.post.calls:
+            params = call.request.url.params
+            assert params["on_conflict"] == "section_id"
+            assert {c.strip('"') for c in params["columns"].split(",")} == ROW_FIELDS
+            prefer = {p.strip() for p in call.request.headers["Prefer"].split(",")}
+            assert {"return=minimal", "resolution=merge-duplicates"} <= prefer
+        for s in secs:
+            text = section_text(s["title"], s["content"])
+            assert table.rows[s["id"]]["embedding"] == vector_literal(vector_for(text))
+
+    @pytest.mark.parametrize(
+        "too_large",
+        [
+            lambda: httpx.Response(413, json={"message": "Request Entity Too Large"}),  # gateway, no code
+            lambda: httpx.Response(413, html="<html>413 Request Entity Too Large</html>"),
+            lambda: postgrest_error(500, "57014", "canceling statement due to statement timeout"),
+        ],
+        ids=["413-json", "413-html", "57014"],
+    )
+    def test_too_large_chunk_is_halved(self, router, sleeps, too_large):
+        store = SupabaseStore(url=URL, key=KEY, rows_per_request=8, sleep=sleeps.append)
+        table = Table(router, answer=lambda body, attempt: too_large() if len(body) > 2 else httpx.Response(201))
+        result = store.batch_ingest_embeddings(sections(range(1, 9)), make_service()[0])
+        assert result["success_count"] == 8 and result["failed_count"] == 0
+        assert [len(b) for b in table.bodies()] == [8, 4, 2, 2, 4, 2, 2]
+        assert sleeps == []
+
+    def test_bad_row_isolated_row_by_row(self, router, sleeps):
+        store = SupabaseStore(url=URL, key=KEY, rows_per_request=4, sleep=sleeps.append)
+
+        def answer(body, attempt):
+            if 3 in ids_in(body):
+                return postgrest_error(400, "22P02", 'invalid input syntax for type vector: "[nan]"')
+            return httpx.Response(201)
+
+        table = Table(router, answer=answer)
+        result = store.batch_ingest_embeddings(sections(range(1, 9)), make_service()[0])
+        assert result["success_count"] == 7 and result["failed_ids"] == [3]
+        assert result["failures"][0]["reason"] == 'store failed: 22P02: invalid input syntax for type vector: "[nan]"'
+        singles = sorted(b["section_id"] for b in table.bodies() if isinstance(b, dict))
+        assert singles == [1, 2, 3, 4]
+        assert sorted(table.rows) == [1, 2, 4, 5, 6, 7, 8]
+
+
+# --- the key -------------------------------------------------------------------------------
+
+
+class TestKeyStaysSecret:
+    def test_key_not_in_repr_reasons_or_logs(self, router, sleeps, caplog):
+        caplog.set_level(logging.DEBUG)
+
+        def answer(body, attempt):
+            section_id = body["section_id"]
+            if section_id == 1:
+                return postgrest_error(401, "PGRST301", f"JWT {KEY} is invalid")
+            if section_id == 2:
+                return httpx.Response(503, text=f"upstream rejected apikey {KEY}")
+            return httpx.Response(201)
+
+        store = SupabaseStore(url=URL, key=KEY, sleep=sleeps.append)
+        Table(router, answer=answer)
+        result = store.batch_ingest_embeddings(sections([1, 2, 3]), make_service()[0])
+        assert result["failed_ids"] == [1, 2] and result["success_count"] == 1
+        reasons = [f["reason"] for f in result["failures"]]
+        assert reasons[0] == "store failed: PGRST301: JWT *** is invalid"
+        assert reasons[1].startswith("store failed: 503: ")
+        assert KEY not in json.dumps(result)
+        assert KEY not in repr(store)
+        assert "HTTP Request: POST" in caplog.text  # httpx did log the requests...
+        assert KEY not in caplog.text  # ...without the key
