@@ -330,8 +330,12 @@ class EmbeddingService:
         """
         limit = self.max_batch_size if max_batch_size is None else max_batch_size
         _check_range("max_batch_size", limit, 1, MAX_INPUTS_PER_REQUEST)
+        max_tokens = self.max_tokens_per_request
+        tpm = self.limiter.tokens.capacity
+        if tpm is not None:  # a request above the whole token budget is refused outright
+            max_tokens = max(1, min(max_tokens, int(tpm)))
         batch = EmbeddingBatch(token_counts=[0] * len(texts))
-        sendable = self._prepare(texts, batch)
+        sendable = self._prepare(texts, batch, max_tokens)
 
         # Identical texts are sent once; every copy gets the vector.
         copies: dict[str, list[int]] = {}
@@ -339,10 +343,6 @@ class EmbeddingService:
             copies.setdefault(text, []).append(index)
         first_of = [indices[0] for indices in copies.values()]
         texts_of = {indices[0]: text for text, indices in copies.items()}
-        max_tokens = self.max_tokens_per_request
-        tpm = self.limiter.tokens.capacity
-        if tpm is not None:  # a request above the whole token budget is refused outright
-            max_tokens = min(max_tokens, int(tpm))
         requests = pack_requests(first_of, batch.token_counts, max_inputs=limit, max_tokens=max_tokens)
 
         def finish(request: list[int], outcome: list[array.array] | BaseException) -> None:
@@ -405,8 +405,13 @@ class EmbeddingService:
             if not text:
                 raise EmptyInputError(f"text at index {index} is empty", index=index, reason="empty text")
 
-    def _prepare(self, texts: Sequence[Any], batch: EmbeddingBatch) -> list[tuple[int, str]]:
-        """Validate and count every input; return the (index, text) pairs to send."""
+    def _prepare(self, texts: Sequence[Any], batch: EmbeddingBatch, request_tokens: int) -> list[tuple[int, str]]:
+        """Validate and count every input; return the (index, text) pairs to send.
+
+        An input longer than the per-input limit, or than `request_tokens` (the
+        per-request cap, or a smaller known tokens-per-minute budget: such an input
+        could never be sent), fails alone, or is cut to fit when `truncate` is on.
+        """
         strings = [(i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -414,13 +419,15 @@ class EmbeddingService:
             elif not t:
                 batch.errors[i] = "empty text"
         counts = count_tokens_batch([t for _, t in strings])
+        limit = min(self.max_tokens_per_input, request_tokens)
+        what = "input" if limit == self.max_tokens_per_input else "request"
         sendable: list[tuple[int, str]] = []
         for (i, text), tokens in zip(strings, counts):
-            if tokens > self.max_tokens_per_input:
+            if tokens > limit:
                 if not self.truncate:
-                    batch.errors[i] = f"{tokens} tokens, over the {self.max_tokens_per_input}-token input limit"
+                    batch.errors[i] = f"{tokens} tokens, over the {limit}-token {what} limit"
                     continue
-                text = truncate_to_tokens(text, self.max_tokens_per_input)
+                text = truncate_to_tokens(text, limit)
                 tokens = count_tokens_batch([text])[0]
             batch.token_counts[i] = tokens
             sendable.append((i, text))
