@@ -138,6 +138,9 @@ class EmbeddingService:
         timeout: Seconds before a hung request is cut and retried.
         tokens_per_minute: Known TPM limit (else learned from response headers).
         requests_per_minute: Known RPM limit (else learned from response headers).
+        probe_limits: While no limit is known, send a call's first request alone and
+            let its rate-limit headers pace the rest (once per service; skipped
+            when `tokens_per_minute`/`requests_per_minute` are given).
         encoding_format: ``"base64"`` (compact, decoded straight to float32) or ``"float"``.
         output: What `batch_generate_embeddings` returns per vector: ``"list"`` of
             Python floats (default, JSON-ready), ``"numpy"`` (one 2-D float32 array,
@@ -169,6 +172,7 @@ class EmbeddingService:
         requests_per_minute: float | None = None,
         encoding_format: Literal["base64", "float"] = "base64",
         output: OutputFormat = "list",
+        probe_limits: bool = True,
         client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -199,6 +203,7 @@ class EmbeddingService:
         self.timeout = timeout
         self.encoding_format = encoding_format
         self.output = output
+        self.probe_limits = probe_limits
         self._sleep = sleep
         self._rng = rng
         self.limiter = RateLimiter(
@@ -365,15 +370,25 @@ class EmbeddingService:
                 [texts_of[i] for i in request], sum(batch.token_counts[i] for i in request), batch
             )
 
-        if len(requests) <= 1 or self.max_concurrency == 1:
-            for request in requests:
-                try:
-                    finish(request, run(request))
-                except Exception as exc:  # accounted per index; see finish()
-                    finish(request, exc)
+        def run_inline(request: list[int]) -> None:
+            try:
+                finish(request, run(request))
+            except Exception as exc:  # accounted per index; see finish()
+                finish(request, exc)
+
+        pending = list(requests)
+        if len(pending) > 1 and self.max_concurrency > 1 and self.probe_limits and not self.limiter.probed:
+            # Limits unknown: one request first, so its x-ratelimit-* headers (or 429)
+            # set the pace before the others go; a burst of blind requests would
+            # mostly come back 429.
+            run_inline(pending.pop(0))
+            self.limiter.probed = True
+        if len(pending) <= 1 or self.max_concurrency == 1:
+            for request in pending:
+                run_inline(request)
         else:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
-                futures = {pool.submit(run, request): request for request in requests}
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(pending))) as pool:
+                futures = {pool.submit(run, request): request for request in pending}
                 for future in as_completed(futures):
                     exc = future.exception()
                     finish(futures[future], exc if exc is not None else future.result())

@@ -107,6 +107,9 @@ class RateLimiter:
         self.requests = TokenBucket.per_minute(requests_per_minute, now)
         self._paused_until = 0.0
         self.waited_seconds = 0.0
+        # True once any limit is known (given, or seen in headers), or a probe
+        # request came back without any: then there is nothing more to learn first.
+        self.probed = tokens_per_minute is not None or requests_per_minute is not None
 
     def acquire(self, tokens: int) -> float:
         """Block until one request of `tokens` tokens fits both budgets; reserve it.
@@ -146,6 +149,7 @@ class RateLimiter:
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             with self._lock:
                 bucket.sync(limit, remaining, reset, self._clock())
+                self.probed = True
 
     @property
     def tokens_per_minute(self) -> float | None:
