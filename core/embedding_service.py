@@ -372,9 +372,10 @@ class EmbeddingService:
 
         def run_inline(request: list[int]) -> None:
             try:
-                finish(request, run(request))
+                outcome: list[array.array] | BaseException = run(request)
             except Exception as exc:  # accounted per index; see finish()
-                finish(request, exc)
+                outcome = exc
+            finish(request, outcome)
 
         pending = list(requests)
         if len(pending) > 1 and self.max_concurrency > 1 and self.probe_limits and not self.limiter.probed:
