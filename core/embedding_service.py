@@ -531,7 +531,9 @@ class EmbeddingService:
             if not vectors:
                 return np.zeros((0, self.dimensions or 0), dtype=np.float32)
             # One contiguous float32 block: 6 KB per 1536-dim vector.
-            return np.frombuffer(b"".join(v.tobytes() for v in vectors), dtype=np.float32).reshape(len(vectors), -1)
+            # (over a bytearray: an array over immutable bytes would be read-only)
+            block = bytearray().join(v.tobytes() for v in vectors)
+            return np.frombuffer(block, dtype=np.float32).reshape(len(vectors), -1)
         return [v.tolist() for v in vectors]
 
     def _reason(self, exc: BaseException | None) -> str:
