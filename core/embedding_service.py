@@ -191,6 +191,11 @@ class EmbeddingService:
             raise ConfigurationError(f"output must be 'list', 'numpy' or 'array', not {output!r}")
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        for name, per_minute in (("tokens_per_minute", tokens_per_minute), ("requests_per_minute", requests_per_minute)):
+            if per_minute is not None and (
+                isinstance(per_minute, bool) or not isinstance(per_minute, (int, float)) or not 0 < per_minute < float("inf")
+            ):
+                raise ConfigurationError(f"{name} must be a positive number or None, not {per_minute!r}")
 
         self.model = model
         self.dimensions = dimensions
