@@ -1,0 +1,403 @@
+"""Streaming readers of section files: JSONL, JSON (an array) and CSV.
+
+Every reader is a generator over a file: it holds one record (and a bounded
+read buffer) at a time, never the whole file, so a file of any size is read in
+constant memory. Each record comes out as a `SourceRecord`:
+
+* ``section``: the ``{"id", "title", "content"}`` dict handed to the ingest
+  (ids that are strings of digits, as CSV always gives them, become ints;
+  fields starting with ``_`` are ignored, so a ``*.failed.jsonl`` file written
+  by the CLI can be read back as is);
+* ``raw``: the record exactly as read (what a failed-sections file holds);
+* ``error``: why the record could not be read at all (a line that is not JSON,
+  a CSV row with the wrong number of fields), with ``section`` None. Such a
+  record does not stop the reader: the next line is read as usual.
+
+Whether a readable section is *valid* (integer id, string title and content...)
+is decided later, by `core.ingest.validate_section`.
+
+Undecodable bytes are kept as lone surrogates (``errors="surrogateescape"``):
+the section then fails validation with a clear reason, and writing the raw
+record back with the same error handler restores the original bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "FORMATS",
+    "InputFileError",
+    "SourceRecord",
+    "detect_format",
+    "read_records",
+    "read_jsonl",
+    "read_json",
+    "read_csv",
+    "count_records",
+    "to_section",
+]
+
+FORMATS = ("jsonl", "json", "csv")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
+_FIELDS = ("id", "title", "content")
+_INTEGER = re.compile(r"[+-]?\d+")
+_JSON_CHUNK = 1 << 16
+"""Characters read at a time by the JSON reader (doubled while one element needs more)."""
+MAX_JSON_ELEMENT = 64 << 20
+"""Characters one JSON array element may span before the reader gives up on it."""
+_CSV_FIELD_LIMIT = 64 << 20
+_ENCODING = "utf-8-sig"  # a leading byte-order mark (Excel's CSV export) is dropped
+_ERRORS = "surrogateescape"
+
+
+class InputFileError(ConfigurationError):
+    """The file as a whole cannot be read as sections (wrong format, no header...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One record of a section file.
+
+    Attributes:
+        line: 1-based line where the record starts.
+        section: The section to ingest, or None when the record is unreadable.
+        raw: The record as read: a dict (JSON object, CSV row) or, for a line
+            that could not be parsed, its text.
+        error: Why the record is unreadable, or None.
+    """
+
+    line: int
+    section: dict[str, Any] | None
+    raw: Any
+    error: str | None = None
+
+
+def detect_format(path: str | os.PathLike[str], override: str | None = None) -> str:
+    """``"jsonl"``, ``"json"`` or ``"csv"``: `override` if given, else from the extension.
+
+    Raises:
+        InputFileError: Unknown `override`, or an extension that names no format.
+    """
+    if override is not None:
+        if override not in FORMATS:
+            raise InputFileError(f"unknown format {override!r}: use one of {', '.join(FORMATS)}")
+        return override
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    try:
+        return _EXTENSIONS[suffix]
+    except KeyError:
+        raise InputFileError(
+            f"cannot tell the format of {os.fspath(path)!r} from its extension: "
+            "name it .jsonl, .json or .csv, or pass --format"
+        ) from None
+
+
+def to_section(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ingestable section of a raw record: `id`, `title`, `content` only.
+
+    Fields starting with ``_`` (and any other extra field) are left out; an id
+    that is a string of digits, or an integral float, becomes an int. Missing
+    fields stay missing (validation reports them).
+    """
+    section = {name: raw[name] for name in _FIELDS if name in raw}
+    if "id" in section:
+        section["id"] = _normalise_id(section["id"])
+    return section
+
+
+def _normalise_id(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if _INTEGER.fullmatch(text) else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _record(line: int, raw: Any, *, what: str) -> SourceRecord:
+    if not isinstance(raw, dict):
+        kind = "array" if isinstance(raw, list) else type(raw).__name__
+        if raw is None:
+            kind = "null"
+        return SourceRecord(line, None, raw, f"{what} is not an object (got {kind})")
+    return SourceRecord(line, to_section(raw), raw)
+
+
+def read_records(source: str | os.PathLike[str] | IO[bytes], format: str | None = None) -> Iterator[SourceRecord]:  # noqa: A002
+    """Records of a section file, one at a time.
+
+    Args:
+        source: A path, or a binary file object (then `format` is required).
+        format: ``"jsonl"``, ``"json"`` or ``"csv"``; default from the extension.
+
+    Raises:
+        InputFileError: Format unknown, or the file is not a JSON array / has no
+            usable CSV header (raised when the first record is requested).
+        OSError: The file cannot be opened.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        fmt = detect_format(source, format)
+        return _from_path(source, fmt)
+    if format is None:
+        raise InputFileError("format is required when reading from a file object")
+    return _READERS[detect_format("", format)](source)
+
+
+def _from_path(path: str | os.PathLike[str], fmt: str) -> Iterator[SourceRecord]:
+    with open(path, "rb") as handle:
+        yield from _READERS[fmt](handle)
+
+
+# --- JSONL ---------------------------------------------------------------------------------
+
+
+def read_jsonl(handle: IO[bytes]) -> Iterator[SourceRecord]:
+    """One JSON object per line; blank lines are skipped, bad lines become error records."""
+    for number, data in enumerate(handle, start=1):
+        if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        text = data.decode("utf-8", _ERRORS).strip()
+        if not text:
+            continue
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield SourceRecord(number, None, text, f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:
+            yield SourceRecord(number, None, text, "not valid JSON: nested too deeply")
+            continue
+        yield _record(number, raw, what="line")
+
+
+# --- JSON array ----------------------------------------------------------------------------
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class _JsonArrayStream:
+    """Incremental reader of a top-level JSON array, one element at a time.
+
+    Keeps a text buffer of what is not consumed yet plus at most one chunk more
+    than the element being decoded needs; lines are counted incrementally.
+    """
+
+    def __init__(self, text: IO[str]) -> None:
+        self.text = text
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.line = 1  # line of buf[counted]
+        self.counted = 0
+        self.decoder = json.JSONDecoder()
+
+    def line_at(self, pos: int) -> int:
+        if pos >= self.counted:
+            self.line += self.buf.count("\n", self.counted, pos)
+        else:  # pragma: no cover - positions only move forward
+            self.line -= self.buf.count("\n", pos, self.counted)
+        self.counted = pos
+        return self.line
+
+    def more(self) -> bool:
+        """Append the next chunk (at least as large as the buffer); False at end of file."""
+        if self.eof:
+            return False
+        self.line_at(self.pos)
+        self.buf = self.buf[self.pos :]
+        self.counted -= self.pos
+        self.pos = 0
+        data = self.text.read(max(_JSON_CHUNK, len(self.buf)))
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def skip_whitespace(self) -> None:
+        while True:
+            match = _WHITESPACE.match(self.buf, self.pos)
+            assert match is not None
+            self.pos = match.end()
+            if self.pos < len(self.buf) or not self.more():
+                return
+
+    def peek(self) -> str:
+        self.skip_whitespace()
+        return self.buf[self.pos] if self.pos < len(self.buf) else ""
+
+    def decode(self) -> tuple[Any, str | None]:
+        """The next value, or (None, reason) when it is not valid JSON."""
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                truncated = exc.msg.startswith("Unterminated") or len(self.buf) - exc.pos < 1024
+                if not self.eof and truncated and len(self.buf) - self.pos < MAX_JSON_ELEMENT:
+                    self.more()  # trims the buffer: decode again (at end of file too) for exact positions
+                    continue
+                return None, f"not valid JSON: {exc.msg} (line {self.line_at(exc.pos)} column {_column(self.buf, exc.pos)})"
+            except RecursionError:
+                return None, "not valid JSON: nested too deeply"
+            if end == len(self.buf) and not self.eof:
+                self.more()
+                continue  # a number cut by the buffer's end: decode it again whole
+            self.pos = end
+            return value, None
+
+
+def _column(buf: str, pos: int) -> int:
+    return pos - (buf.rfind("\n", 0, pos) + 1) + 1
+
+
+def read_json(handle: IO[bytes]) -> Iterator[SourceRecord]:
+    """Elements of a top-level JSON array, streamed.
+
+    A syntax error inside the array ends the reading (there is no reliable
+    next element to resume at): it becomes one error record naming its line.
+
+    Raises:
+        InputFileError: The file does not start with ``[`` (after whitespace).
+    """
+    text = io.TextIOWrapper(handle, encoding=_ENCODING, errors=_ERRORS, newline="")
+    try:
+        stream = _JsonArrayStream(text)
+        first = stream.peek()
+        if first != "[":
+            what = "an empty file" if not first else ("an object" if first == "{" else f"{first!r}")
+            raise InputFileError(f"a .json section file must hold an array of sections, found {what}")
+        stream.pos += 1
+        index = 0
+        while True:
+            char = stream.peek()
+            if char == "]":
+                stream.pos += 1
+                if stream.peek():
+                    line = stream.line_at(stream.pos)
+                    yield SourceRecord(line, None, "", "not valid JSON: extra data after the closing ']'")
+                return
+            if index:
+                if char != ",":
+                    line = stream.line_at(stream.pos)
+                    reason = "the array is not closed (unexpected end of file)" if not char else f"expected ',' or ']', found {char!r}"
+                    yield SourceRecord(line, None, "", f"not valid JSON: {reason}")
+                    return
+                stream.pos += 1
+                char = stream.peek()
+            if not char:
+                yield SourceRecord(stream.line_at(stream.pos), None, "", "not valid JSON: the array is not closed (unexpected end of file)")
+                return
+            if char == "]" and index:
+                yield SourceRecord(stream.line_at(stream.pos), None, "", "not valid JSON: trailing comma before ']'")
+                return
+            line = stream.line_at(stream.pos)
+            value, error = stream.decode()
+            if error is not None:
+                snippet = stream.buf[stream.pos : stream.pos + 200]  # decode() keeps pos at the element
+                yield SourceRecord(line, None, snippet, error + "; the rest of the file was not read")
+                return
+            index += 1
+            yield _record(line, value, what=f"array element {index}")
+    finally:
+        text.detach()  # the caller owns `handle`
+
+
+# --- CSV -----------------------------------------------------------------------------------
+
+
+def read_csv(handle: IO[bytes]) -> Iterator[SourceRecord]:
+    """Rows of a CSV file with a header naming (at least) ``id``, ``title``, ``content``.
+
+    Column names are matched case-insensitively and without surrounding spaces;
+    other columns are kept in `raw` only. Blank lines are skipped.
+
+    Raises:
+        InputFileError: The header lacks one of the three columns or repeats one.
+    """
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)  # sections can be longer than csv's 128 KB default
+    text = io.TextIOWrapper(handle, encoding=_ENCODING, errors=_ERRORS, newline="")
+    try:
+        reader = csv.reader(text)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise InputFileError(f"cannot read the CSV header: {exc}") from None
+        if header is None:
+            return
+        names = [name.strip() for name in header]
+        lowered = [name.lower() for name in names]
+        missing = [field for field in _FIELDS if field not in lowered]
+        if missing:
+            raise InputFileError(
+                f"the CSV header must name the columns id, title, content; missing {', '.join(missing)} "
+                f"(found: {', '.join(names) or 'nothing'})"
+            )
+        repeated = sorted({name for name in lowered if lowered.count(name) > 1 and name in _FIELDS})
+        if repeated:
+            raise InputFileError(f"the CSV header repeats the column(s) {', '.join(repeated)}")
+        keys = [name if low not in _FIELDS else low for name, low in zip(names, lowered)]
+        last = reader.line_num
+        while True:
+            start = last + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                last = reader.line_num
+                yield SourceRecord(start, None, "", f"not valid CSV: {exc}")
+                continue
+            last = reader.line_num
+            if not row:
+                continue
+            raw: dict[str, Any] = dict(zip(keys, row))
+            extra = [value for value in row[len(keys) :] if value.strip()]
+            absent = [field for field in _FIELDS if field not in raw]
+            if extra or absent:
+                # Short rows are fine while id, title and content are there; empty
+                # trailing fields (a spreadsheet's trailing commas) are ignored.
+                if extra:
+                    raw["_extra"] = row[len(keys) :]
+                why = f"missing {', '.join(absent)}" if absent else "more fields than the header"
+                yield SourceRecord(start, None, raw, f"row has {len(row)} fields, the header has {len(keys)}: {why}")
+                continue
+            yield SourceRecord(start, to_section(raw), raw)
+    finally:
+        text.detach()
+
+
+_READERS = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv}
+
+
+# --- counting ------------------------------------------------------------------------------
+
+
+def count_records(path: str | os.PathLike[str], format: str) -> int | None:  # noqa: A002
+    """How many records `path` holds, cheaply, for a progress bar; None for JSON.
+
+    JSONL counts non-blank lines; CSV counts non-blank rows after the header.
+    Unreadable records count too (they are records the ingest accounts for).
+    """
+    if format == "jsonl":
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    if format == "csv":
+        with open(path, encoding=_ENCODING, errors=_ERRORS, newline="") as text:
+            reader = csv.reader(text)
+            try:
+                rows = sum(1 for row in reader if row)
+            except csv.Error:
+                return None
+            return max(rows - 1, 0)
+    return None
