@@ -1,0 +1,320 @@
+"""The SQL schema shipped with the package: table, HNSW index, search function, RLS.
+
+`render_schema` fills `core/sql/schema.sql` in for one table and vector size and
+returns plain, commented SQL (users paste it into Supabase's SQL editor);
+`apply_schema` runs it through psycopg. `render_index` is the HNSW index alone,
+for a bulk load that creates it after the rows are in (building an index once is
+much faster than maintaining it row by row).
+
+pgvector's HNSW index takes at most 2,000 dimensions of `vector` and 4,000 of
+`halfvec`: above 2,000 the index is on the expression `embedding::halfvec(D)`
+and the search function orders by (and reports the similarity of) that same
+expression so the planner uses it; half precision costs about 1e-3 of
+similarity. Above 4,000 there is no index and searches scan the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError, MissingDependencyError, StoreError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "DEFAULT_DIMENSIONS",
+    "DEFAULT_MATCH_FUNCTION",
+    "DEFAULT_TABLE",
+    "MAX_DIMENSIONS",
+    "apply_schema",
+    "apply_schema_sql",
+    "index_name",
+    "render_index",
+    "render_schema",
+    "validate_dimensions",
+    "validate_identifier",
+]
+
+DEFAULT_TABLE = "section_embeddings"
+DEFAULT_DIMENSIONS = 1536
+DEFAULT_MATCH_FUNCTION = "match_sections"
+
+MAX_DIMENSIONS = 16000
+"""pgvector's limit for a `vector` column."""
+
+_MAX_VECTOR_INDEX_DIMENSIONS = 2000  # HNSW over `vector`
+_MAX_HALFVEC_INDEX_DIMENSIONS = 4000  # HNSW over `halfvec`
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# PostgreSQL keywords that cannot name a table or a function unquoted
+# (`select catcode, word from pg_get_keywords() where catcode in ('R','T','C')`,
+# PostgreSQL 18). The rendered SQL does not quote names, so they are refused.
+_KEYWORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric both case cast check collate
+    column constraint create current_catalog current_date current_role current_time
+    current_timestamp current_user default deferrable desc distinct do else end
+    except false fetch for foreign from grant group having in initially intersect
+    into lateral leading limit localtime localtimestamp not null offset on only or
+    order placing primary references returning select session_user some symmetric
+    system_user table then to trailing true union unique user using variadic when
+    where window with authorization binary collation concurrently cross
+    current_schema freeze full ilike inner is isnull join left like natural notnull
+    outer overlaps right similar tablesample verbose between bigint bit boolean char
+    character coalesce dec decimal exists extract float greatest grouping inout int
+    integer interval json json_array json_arrayagg json_exists json_object
+    json_objectagg json_query json_scalar json_serialize json_table json_value least
+    merge_action national nchar none normalize nullif numeric out overlay position
+    precision real row setof smallint substring time timestamp treat trim values
+    varchar xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces
+    xmlparse xmlpi xmlroot xmlserialize xmltable
+    """.split()  # noqa: SIM905  (one keyword list, easier to diff than a literal)
+)
+
+_INDEX_BEGIN = "-- index:begin"
+_INDEX_END = "-- index:end"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def validate_identifier(name: str, what: str) -> str:
+    """Check that `name` is a plain, unquoted SQL identifier and return it.
+
+    Names are pasted into SQL text (they cannot be bound as parameters), so only
+    lowercase letters, digits and underscores are accepted, at most 63 characters
+    (PostgreSQL's limit, beyond which it silently truncates), and not a keyword.
+
+    Args:
+        name: The identifier to check.
+        what: What it names, for the error message (e.g. ``"table"``).
+
+    Returns:
+        `name`, unchanged.
+
+    Raises:
+        ConfigurationError: If `name` is not a string, not a plain identifier, or
+            an SQL keyword.
+    """
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ConfigurationError(
+            f"invalid {what} name {name!r}: use 1-63 lowercase letters, digits or "
+            "underscores, not starting with a digit"
+        )
+    if name in _KEYWORDS:
+        raise ConfigurationError(f"invalid {what} name {name!r}: it is an SQL keyword")
+    return name
+
+
+def validate_dimensions(dimensions: int) -> int:
+    """Check a vector size (1..16000, pgvector's limit) and return it.
+
+    Raises:
+        ConfigurationError: If `dimensions` is not an int in range.
+    """
+    # bool is an int subclass; True dimensions is a bug, not a size.
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise ConfigurationError(f"dimensions must be an int, got {type(dimensions).__name__}")
+    if not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise ConfigurationError(f"dimensions must be between 1 and {MAX_DIMENSIONS}, got {dimensions}")
+    return dimensions
+
+
+def index_name(table: str) -> str:
+    """Name of `table`'s HNSW index, kept within PostgreSQL's 63 characters.
+
+    Raises:
+        ConfigurationError: If `table` is not a valid identifier.
+    """
+    validate_identifier(table, "table")
+    suffix = "_embedding_hnsw_idx"
+    name = table + suffix
+    if len(name) <= 63:
+        return name
+    # PostgreSQL would truncate silently; a digest of the full name keeps two long
+    # table names that share a prefix from colliding.
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"{table[: 63 - len(suffix) - 9]}_{digest}{suffix}"
+
+
+def _index_parts(table: str, dimensions: int) -> dict[str, str]:
+    """Index statement and the matching ORDER BY key for this vector size."""
+    name = index_name(table)
+    if dimensions <= _MAX_VECTOR_INDEX_DIMENSIONS:
+        return {
+            "index_comment": "-- HNSW index for cosine distance, the order the search function uses.",
+            "index_statement": (
+                f"create index if not exists {name}\n  on {table} using hnsw (embedding vector_cosine_ops);"
+            ),
+            "order_key": "t.embedding",
+            "order_query": "query_embedding",
+        }
+    if dimensions <= _MAX_HALFVEC_INDEX_DIMENSIONS:
+        cast = f"halfvec({dimensions})"
+        return {
+            "index_comment": (
+                f"-- pgvector indexes at most {_MAX_VECTOR_INDEX_DIMENSIONS} dimensions of vector: the HNSW\n"
+                f"-- index is on the half-precision cast, and the search function computes distance\n"
+                f"-- on the same expression so the planner can use it (similarity to ~1e-3)."
+            ),
+            "index_statement": (
+                f"create index if not exists {name}\n  on {table} using hnsw ((embedding::{cast}) halfvec_cosine_ops);"
+            ),
+            "order_key": f"(t.embedding::{cast})",
+            "order_query": f"(query_embedding::{cast})",
+        }
+    return {
+        "index_comment": (
+            f"-- No HNSW index: pgvector indexes at most {_MAX_HALFVEC_INDEX_DIMENSIONS} dimensions "
+            f"(as halfvec);\n-- searches scan the whole table."
+        ),
+        "index_statement": "",
+        "order_key": "t.embedding",
+        "order_query": "query_embedding",
+    }
+
+
+def _template() -> str:
+    return importlib.resources.files("core").joinpath("sql/schema.sql").read_text(encoding="utf-8")
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        # A KeyError here means the template and this module disagree: a bug.
+        return values[match.group(1)]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _tidy(sql: str) -> str:
+    """Drop trailing spaces and runs of blank lines left by empty placeholders."""
+    lines = [line.rstrip() for line in sql.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if not line and out and not out[-1]:
+            continue
+        out.append(line)
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def render_schema(
+    *,
+    table: str = DEFAULT_TABLE,
+    dimensions: int = DEFAULT_DIMENSIONS,
+    match_function: str = DEFAULT_MATCH_FUNCTION,
+    with_index: bool = True,
+) -> str:
+    """The full schema as plain, commented SQL, idempotent (safe to run twice).
+
+    Args:
+        table: Table name (plain identifier).
+        dimensions: Vector size, 1..16000.
+        match_function: Name of the search function (plain identifier).
+        with_index: Include the HNSW index; leave it out for a bulk load that
+            creates it afterwards with `render_index`.
+
+    Returns:
+        The SQL script.
+
+    Raises:
+        ConfigurationError: If a name or the dimensions are invalid, or `table`
+            and `match_function` are the same name.
+    """
+    validate_identifier(table, "table")
+    validate_identifier(match_function, "match function")
+    validate_dimensions(dimensions)
+    values = {"table": table, "dimensions": str(dimensions), "match_function": match_function}
+    values.update(_index_parts(table, dimensions))
+    template = _template()
+    head, rest = template.split(_INDEX_BEGIN + "\n", 1)
+    index_part, tail = rest.split(_INDEX_END + "\n", 1)
+    text = head + (index_part if with_index else "") + tail
+    return _tidy(_fill(text, values))
+
+
+def render_index(*, table: str = DEFAULT_TABLE, dimensions: int = DEFAULT_DIMENSIONS) -> str:
+    """The HNSW index statement alone (idempotent), with its comment.
+
+    Above 4,000 dimensions pgvector cannot index the column: the result is then
+    only a comment, and running it does nothing.
+
+    Raises:
+        ConfigurationError: If `table` or `dimensions` is invalid.
+    """
+    validate_identifier(table, "table")
+    validate_dimensions(dimensions)
+    parts = _index_parts(table, dimensions)
+    template = _template()
+    index_part = template.split(_INDEX_BEGIN + "\n", 1)[1].split(_INDEX_END + "\n", 1)[0]
+    return _tidy(_fill(index_part, {"table": table, "dimensions": str(dimensions), **parts}))
+
+
+def _import_psycopg(purpose: str) -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise MissingDependencyError("psycopg", "postgres", purpose) from None
+    return psycopg
+
+
+def apply_schema_sql(conn: psycopg.Connection[Any], sql: str, *, table: str) -> None:
+    """Run a rendered script on `conn` in one transaction, serialised per table.
+
+    Two workers applying the schema at once would otherwise race on
+    ``create or replace function`` ("tuple concurrently updated"); a transaction
+    advisory lock keyed on the table name makes the second wait for the first.
+
+    Args:
+        conn: An open psycopg connection (autocommit or not; it is left idle).
+        sql: Output of `render_schema` / `render_index`.
+        table: The table the script is for (the lock key).
+
+    Raises:
+        psycopg.Error: Whatever the server answers; the transaction is rolled back.
+    """
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", ("core.schema:" + table,))
+        # No parameters: psycopg sends the script as is, so several statements run.
+        conn.execute(sql.encode("utf-8"))
+
+
+def apply_schema(
+    dsn: str,
+    *,
+    table: str = DEFAULT_TABLE,
+    dimensions: int = DEFAULT_DIMENSIONS,
+    match_function: str = DEFAULT_MATCH_FUNCTION,
+    with_index: bool = True,
+    connect_timeout: int = 10,
+) -> None:
+    """Create (or bring up to date) the schema in the database at `dsn`.
+
+    Args:
+        dsn: libpq connection string or URI.
+        table: Table name.
+        dimensions: Vector size.
+        match_function: Search function name.
+        with_index: Also create the HNSW index.
+        connect_timeout: Seconds to wait for the connection.
+
+    Raises:
+        ConfigurationError: If a name or the dimensions are invalid.
+        MissingDependencyError: If psycopg is not installed.
+        StoreError: If the database cannot be reached or refuses the script; the
+            message never contains the DSN's password.
+    """
+    sql = render_schema(table=table, dimensions=dimensions, match_function=match_function, with_index=with_index)
+    psycopg = _import_psycopg("apply_schema")
+    # Imported here: postgres_store imports this module.
+    from .postgres_store import redact_dsn, scrub_secret
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            apply_schema_sql(conn, sql, table=table)
+    except psycopg.Error as exc:
+        message = f"could not apply the schema for table {table!r} on {redact_dsn(dsn)}: {str(exc).strip()}"
+        # from None: the driver's own exception may quote the connection string.
+        raise StoreError(scrub_secret(message, dsn)) from None
