@@ -60,7 +60,8 @@ DEFAULT_TABLE = "section_embeddings"
 INGEST_WINDOW = 8192
 """Sections per embed-then-write window (the ingest's default; the dry run packs the same way)."""
 INDEX_MEMORY_CAP = 1 << 30
-"""Most `maintenance_work_mem` asked for an HNSW build (1 GB: 20,000 x 1536 dims in 24 s, not 67 s)."""
+"""Most `maintenance_work_mem` asked for an HNSW build (a measured 20,000 x 1536-dim build: 67 s with
+the 64 MB default, 24 s with 1 GB). Less is asked for smaller tables (see `_build_index`)."""
 INDEX_MEMORY_FLOOR = 64 << 20
 SHOWN_FAILURES = 5
 
@@ -513,10 +514,15 @@ def _supabase_store(target: Target, args: argparse.Namespace) -> Any:
     try:
         store.client.table(args.table).select("section_id,content_hash,model").limit(1).execute()
     except Exception as exc:
-        raise UsageError(
-            f"cannot read table {args.table!r} on Supabase {target.url}: {_one_line(str(exc) or type(exc).__name__)} "
-            "(create it by pasting the output of `schema` into the SQL editor)"
-        ) from None
+        import httpx
+
+        reason = _one_line(str(exc) or type(exc).__name__)
+        if isinstance(exc, httpx.TransportError):
+            raise UsageError(f"cannot reach Supabase at {target.url}: {reason}") from None
+        hint = ""
+        if str(getattr(exc, "code", "")) in ("PGRST205", "42P01", "PGRST204", "42703"):
+            hint = f" (create it: paste the output of `{_prog()} schema` into Supabase's SQL editor)"
+        raise UsageError(f"cannot read table {args.table!r} on Supabase {target.url}: {reason}{hint}") from None
     return store
 
 
@@ -656,6 +662,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     }
     if args.dimensions is not None:
         service_options["dimensions"] = args.dimensions
+    if args.tpm is not None and args.tpm < MAX_TOKENS_PER_INPUT:
+        # A section above the whole per-minute budget can never be sent: it fails alone.
+        service_options["max_tokens_per_input"] = max(1, int(args.tpm))
     service = _service(args, **service_options)
     target = select_target(args)
     records = _open_records(source, fmt)  # fail on a malformed file before starting anything

