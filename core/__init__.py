@@ -5,6 +5,7 @@ Public API re-exported here; see README.md for a quickstart.
 
 from __future__ import annotations
 
+from .embedding_service import EmbeddingBatch, EmbeddingService
 from .errors import (
     AllRequestsFailedError,
     ConfigurationError,
@@ -18,8 +19,22 @@ from .errors import (
     MissingDependencyError,
     StoreError,
 )
+from .ingest import IngestProgress, SectionStore, section_text
+from .postgres_store import PostgresStore
+from .rows import Row
+from .schema import render_schema
+from .supabase_store import SupabaseStore
 
 __all__ = [
+    "EmbeddingService",
+    "EmbeddingBatch",
+    "SupabaseStore",
+    "PostgresStore",
+    "SectionStore",
+    "IngestProgress",
+    "Row",
+    "render_schema",
+    "section_text",
     "AllRequestsFailedError",
     "ConfigurationError",
     "CoreError",
