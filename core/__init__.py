@@ -1,11 +1,15 @@
 """Document sections -> OpenAI embeddings -> Supabase / Postgres + pgvector.
 
-Public API re-exported here; see README.md for a quickstart.
+Public API re-exported here; see README.md for a quickstart. The classes are
+imported on first use (PEP 562), so ``import core`` and ``python -m core --help``
+do not pay for loading the openai and supabase SDKs (~1.2 s) until they are needed.
 """
 
 from __future__ import annotations
 
-from .embedding_service import EmbeddingBatch, EmbeddingService
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AllRequestsFailedError,
     ConfigurationError,
@@ -19,11 +23,26 @@ from .errors import (
     MissingDependencyError,
     StoreError,
 )
-from .ingest import IngestProgress, SectionStore, section_text
-from .postgres_store import PostgresStore
-from .rows import Row
-from .schema import render_schema
-from .supabase_store import SupabaseStore
+
+if TYPE_CHECKING:
+    from .embedding_service import EmbeddingBatch, EmbeddingService
+    from .ingest import IngestProgress, SectionStore, section_text
+    from .postgres_store import PostgresStore
+    from .rows import Row
+    from .schema import render_schema
+    from .supabase_store import SupabaseStore
+
+_LAZY = {
+    "EmbeddingService": "embedding_service",
+    "EmbeddingBatch": "embedding_service",
+    "SupabaseStore": "supabase_store",
+    "PostgresStore": "postgres_store",
+    "SectionStore": "ingest",
+    "IngestProgress": "ingest",
+    "section_text": "ingest",
+    "Row": "rows",
+    "render_schema": "schema",
+}
 
 __all__ = [
     "EmbeddingService",
@@ -47,3 +66,16 @@ __all__ = [
     "MissingDependencyError",
     "StoreError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
