@@ -28,29 +28,24 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import socketserver
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-import weakref
 import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.tokens import count_tokens_batch, get_encoding
+from core.testing._process import ServerProcess, read_request_body, watch_stdin_eof
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -667,21 +662,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length > _MAX_BODY:
             self.close_connection = True
             raise _ApiError(413, f"Request body too large ({length} bytes).")
-        return self.rfile.read(length) if length > 0 else b""
+        return read_request_body(self)
 
     def _send(self, status: int, body: bytes | list[bytes | memoryview], headers: Iterable[tuple[str, str]] = ()) -> None:
         payload = body if isinstance(body, bytes) else b"".join(body)
@@ -986,15 +971,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     threading.Thread(target=warm_up, daemon=True).start()
     if args.exit_on_stdin_eof:
-        def watch_stdin() -> None:
-            try:
-                while sys.stdin.buffer.read(65536):
-                    pass
-            except (OSError, ValueError):
-                pass
-            os._exit(0)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        watch_stdin_eof()
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
@@ -1009,29 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        for stream in (proc.stdin,):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-
-
-class FakeOpenAIServer:
+class FakeOpenAIServer(ServerProcess):
     """Handle of one fake-server process on 127.0.0.1.
 
     ``with FakeOpenAIServer(tpm=100_000, window_seconds=1) as fake:`` starts
@@ -1040,110 +995,21 @@ class FakeOpenAIServer:
     :attr:`base_url` with any non-empty API key.
     """
 
+    module = "core.testing.openai_server"
+    label = "fake OpenAI server"
+
     def __init__(self, *, startup_timeout: float = 30.0, control_timeout: float = 30.0, **config: Any) -> None:
         _validate_config(config)
+        super().__init__(startup_timeout=startup_timeout, control_timeout=control_timeout)
         self.config: dict[str, Any] = dict(config)
-        self.startup_timeout = startup_timeout
-        self.control_timeout = control_timeout
-        self.port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=200)
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._finalizer: weakref.finalize | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> FakeOpenAIServer:
-        """Start the process (no-op when running); returns self."""
-        if self.running:
-            return self
-        import core
-
-        repo_root = str(Path(core.__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([repo_root, *filter(None, [env.get("PYTHONPATH")])])
-        env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "core.testing.openai_server", "--port", "0",
-               "--config", json.dumps(self.config), "--exit-on-stdin-eof"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=repo_root)
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _stop_process, proc)
-        self._stderr_tail.clear()
-        threading.Thread(target=self._drain_stderr, args=(proc,), daemon=True).start()
-
-        line: list[bytes] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(self.startup_timeout)
-        text = line[0].decode(errors="replace").strip() if line else ""
-        match = re.fullmatch(r"LISTENING http://127\.0\.0\.1:(\d+)", text)
-        if not match:
-            self.stop()
-            reader.join(1.0)
-            why = "timed out" if not line else f"printed {text!r}"
-            raise RuntimeError(
-                f"fake OpenAI server did not start ({why} after {self.startup_timeout}s); stderr:\n"
-                + "".join(self._stderr_tail)
-            )
-        self.port = int(match.group(1))
-        return self
-
-    def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            for raw in proc.stderr:  # type: ignore[union-attr]
-                self._stderr_tail.append(raw.decode(errors="replace"))
-        except (OSError, ValueError):
-            pass
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the process, wait, kill if it lingers. Idempotent."""
-        if self._proc is not None:
-            _stop_process(self._proc, timeout)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def url(self) -> str:
-        """Root URL, ``http://127.0.0.1:PORT``."""
-        if self.port is None:
-            raise RuntimeError("fake OpenAI server not started")
-        return f"http://127.0.0.1:{self.port}"
+    def _arguments(self) -> list[str]:
+        return ["--config", json.dumps(self.config)]
 
     @property
     def base_url(self) -> str:
         """What to give the SDK as `base_url`: ``http://127.0.0.1:PORT/v1``."""
         return self.url + "/v1"
-
-    @property
-    def stderr_tail(self) -> str:
-        return "".join(self._stderr_tail)
-
-    # -- control plane -------------------------------------------------------------------
-    def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with self._opener.open(req, timeout=self.control_timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise ValueError(f"{method} {path} failed with HTTP {exc.code}: {detail}") from None
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Merge `changes` into the live config (buckets refill to full if rpm/tpm/window_seconds are
@@ -1155,21 +1021,11 @@ class FakeOpenAIServer:
         """Back to DEFAULT_CONFIG: no limits, no latency, no faults, full buckets, RNG reseeded."""
         return self.configure(**copy.deepcopy(DEFAULT_CONFIG))
 
-    def get_config(self) -> dict[str, Any]:
-        return self._call("GET", "/_control/config")
-
     def stats(self) -> dict[str, Any]:
         """{"requests", "by_status" {"200": n}, "faults" {name: n}, "tokens_ok", "inputs_ok",
         "max_in_flight", "in_flight", "log" [[t_start, t_end, status, tokens, n_inputs], ...]}
         (times are time.monotonic() of the server; status 0 = hung, never answered)."""
-        return self._call("GET", "/_control/stats")
-
-    def reset_stats(self) -> None:
-        self._call("POST", "/_control/reset", {})
-
-    def __repr__(self) -> str:
-        where = self.url if self.port is not None and self.running else "stopped"
-        return f"FakeOpenAIServer({where}, pid={self.pid})"
+        return super().stats()
 
 
 if __name__ == "__main__":

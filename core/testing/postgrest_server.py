@@ -75,21 +75,18 @@ import json
 import os
 import re
 import socketserver
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
+
+from core.testing._process import ServerProcess, read_request_body, watch_stdin_eof
 
 __all__ = ["DEFAULT_CONFIG", "DSN_ENV", "FakePostgREST", "main", "status_for_sqlstate"]
 
@@ -599,18 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        return read_request_body(self)
 
     def _send(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         head = [
@@ -1098,15 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"LISTENING http://127.0.0.1:{server.server_address[1]}", flush=True)
     if args.exit_on_stdin_eof:
-        def watch_stdin() -> None:
-            try:
-                while sys.stdin.buffer.read(65536):
-                    pass
-            except (OSError, ValueError):
-                pass
-            os._exit(0)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        watch_stdin_eof()
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
@@ -1122,28 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-        except OSError:
-            pass
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-
-
-class FakePostgREST:
+class FakePostgREST(ServerProcess):
     """Handle of one PostgREST stand-in process on 127.0.0.1, serving the database at `dsn`.
 
     ``with FakePostgREST(dsn, latency=0.02) as rest:`` starts ``python -m
@@ -1159,6 +1116,9 @@ class FakePostgREST:
         schema: The exposed schema.
         **config: Other keys of :data:`DEFAULT_CONFIG` (``fail_ids``, ``max_body_bytes``...).
     """
+
+    module = "core.testing.postgrest_server"
+    label = "PostgREST stand-in"
 
     def __init__(
         self,
@@ -1178,112 +1138,21 @@ class FakePostgREST:
         _validate_config(config)
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
+        super().__init__(startup_timeout=startup_timeout, control_timeout=control_timeout)
         self.dsn = dsn
         self.config = config
         self.pool_size = pool_size
         self.pool_timeout = pool_timeout
         self.schema = schema
-        self.startup_timeout = startup_timeout
-        self.control_timeout = control_timeout
-        self.port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=200)
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._finalizer: weakref.finalize | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> FakePostgREST:
-        """Start the process (no-op when running); returns self."""
-        if self.running:
-            return self
-        import core
-
-        repo_root = str(Path(core.__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([repo_root, *filter(None, [env.get("PYTHONPATH")])])
-        env["PYTHONUNBUFFERED"] = "1"
-        env[DSN_ENV] = self.dsn
-        cmd = [
-            sys.executable, "-m", "core.testing.postgrest_server", "--port", "0", "--config", json.dumps(self.config),
-            "--pool-size", str(self.pool_size), "--pool-timeout", str(self.pool_timeout), "--schema", self.schema,
-            "--exit-on-stdin-eof",
+    def _arguments(self) -> list[str]:
+        return [
+            "--config", json.dumps(self.config), "--pool-size", str(self.pool_size),
+            "--pool-timeout", str(self.pool_timeout), "--schema", self.schema,
         ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=repo_root)
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _stop_process, proc)
-        self._stderr_tail.clear()
-        threading.Thread(target=self._drain_stderr, args=(proc,), daemon=True).start()
-        line: list[bytes] = []
-        stdout = proc.stdout
-        assert stdout is not None
-        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(self.startup_timeout)
-        text = line[0].decode(errors="replace").strip() if line else ""
-        match = re.fullmatch(r"LISTENING http://127\.0\.0\.1:(\d+)", text)
-        if not match:
-            self.stop()
-            reader.join(1.0)
-            why = "timed out" if not line else f"printed {text!r}"
-            raise RuntimeError(
-                f"PostgREST stand-in did not start ({why} after {self.startup_timeout}s); stderr:\n"
-                + "".join(self._stderr_tail)
-            )
-        self.port = int(match.group(1))
-        return self
 
-    def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            for raw in proc.stderr:  # type: ignore[union-attr]
-                self._stderr_tail.append(raw.decode(errors="replace"))
-        except (OSError, ValueError):
-            pass
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the process, wait, kill if it lingers. Idempotent."""
-        if self._proc is not None:
-            _stop_process(self._proc, timeout)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    def __enter__(self) -> FakePostgREST:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def url(self) -> str:
-        """The "Supabase URL", ``http://127.0.0.1:PORT`` (the API is under ``/rest/v1``)."""
-        if self.port is None:
-            raise RuntimeError("PostgREST stand-in not started")
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def stderr_tail(self) -> str:
-        return "".join(self._stderr_tail)
-
-    # -- control plane -------------------------------------------------------------------
-    def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with self._opener.open(request, timeout=self.control_timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise ValueError(f"{method} {path} failed with HTTP {exc.code}: {detail}") from None
+    def _environment(self) -> dict[str, str]:
+        return {DSN_ENV: self.dsn}  # the DSN may carry a password: never on the command line
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Merge `changes` into the live config (``fail_ids`` may be any collection of ints);
@@ -1297,16 +1166,13 @@ class FakePostgREST:
         """Back to DEFAULT_CONFIG (no latency, no faults, no body limit)."""
         return self.configure(**copy.deepcopy(DEFAULT_CONFIG))
 
-    def get_config(self) -> dict[str, Any]:
-        return self._call("GET", "/_control/config")
-
     def stats(self) -> dict[str, Any]:
         """``requests``, ``by_status`` {"201": n}, ``by_kind`` {"write"|"read"|"rpc"|"other": n},
         ``rows_written`` (rows of successful writes), ``body_bytes`` / ``write_body_bytes`` (request
         bodies), ``max_body_bytes_seen``, ``in_flight``, ``max_in_flight``, ``injected_failures``,
         ``connections`` (TCP connections accepted), ``pool_connections_opened``, ``log`` [[t_start,
         t_end, method, path?query, status, body_bytes, rows], ...] (times: the server's time.monotonic())."""
-        return self._call("GET", "/_control/stats")
+        return super().stats()
 
     def reset_stats(self) -> None:
         """Zero the stats and the per-id failure counts."""
@@ -1315,10 +1181,6 @@ class FakePostgREST:
     def reload_schema(self) -> None:
         """Forget the cached tables and functions (PostgREST's ``NOTIFY pgrst, 'reload schema'``)."""
         self._call("POST", "/_control/reload", {})
-
-    def __repr__(self) -> str:
-        where = self.url if self.port is not None and self.running else "stopped"
-        return f"FakePostgREST({where}, pid={self.pid})"
 
 
 if __name__ == "__main__":
