@@ -56,6 +56,7 @@ from .packing import pack_requests
 from .ratelimit import RateLimiter
 from .retry import (
     MisalignedResponseError,
+    RequestTooLargeError,
     error_code,
     error_headers,
     error_status,
@@ -210,6 +211,7 @@ class EmbeddingService:
         self.output = output
         self.probe_limits = probe_limits
         self._sleep = sleep
+        self._clock = clock
         self._rng = rng
         self.limiter = RateLimiter(
             tokens_per_minute=tokens_per_minute,
@@ -238,7 +240,9 @@ class EmbeddingService:
             "timeout": timeout,
             # The response hook reads x-ratelimit-* headers of every answer, 200s included,
             # without switching to with_raw_response (callers and mocks stub `create`).
-            "http_client": DefaultHttpxClient(event_hooks={"response": [self._observe_response]}),
+            "http_client": DefaultHttpxClient(
+                event_hooks={"request": [self._stamp_request], "response": [self._observe_response]}
+            ),
         }
         if base_url:
             client_kwargs["base_url"] = base_url
@@ -375,29 +379,66 @@ class EmbeddingService:
                 [texts_of[i] for i in request], sum(batch.token_counts[i] for i in request), batch
             )
 
-        def run_inline(request: list[int]) -> None:
-            try:
-                outcome: list[array.array] | BaseException = run(request)
-            except Exception as exc:  # accounted per index; see finish()
-                outcome = exc
-            finish(request, outcome)
+        def repack(indices: list[int], budget: int) -> list[list[int]]:
+            """Pack again under a smaller learned budget; inputs above it fail alone."""
+            for i in indices:
+                if batch.token_counts[i] > budget:
+                    for j in copies[texts_of[i]]:
+                        batch.errors[j] = (
+                            f"{batch.token_counts[i]} tokens, over the {budget}-token request limit "
+                            "(the account's tokens-per-minute budget)"
+                        )
+            fits = [i for i in indices if batch.token_counts[i] <= budget]
+            return pack_requests(fits, batch.token_counts, max_inputs=limit, max_tokens=budget)
+
+        def smaller_budget() -> int | None:
+            learned = self.limiter.tokens.capacity
+            return max(1, int(learned)) if learned is not None and int(learned) < max_tokens else None
 
         pending = list(requests)
         if len(pending) > 1 and self.max_concurrency > 1 and self.probe_limits and not self.limiter.probed:
             # Limits unknown: one request first, so its x-ratelimit-* headers (or 429)
             # set the pace before the others go; a burst of blind requests would
             # mostly come back 429.
-            run_inline(pending.pop(0))
+            first = pending.pop(0)
+            try:
+                finish(first, run(first))
+            except RequestTooLargeError:
+                pending.insert(0, first)  # repacked below with the budget it taught us
+            except Exception as exc:  # accounted per index; see finish()
+                finish(first, exc)
             self.limiter.probed = True
-        if len(pending) <= 1 or self.max_concurrency == 1:
-            for request in pending:
-                run_inline(request)
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(pending))) as pool:
-                futures = {pool.submit(run, request): request for request in pending}
-                for future in as_completed(futures):
-                    exc = future.exception()
-                    finish(futures[future], exc if exc is not None else future.result())
+        for _round in range(2):
+            budget = smaller_budget()
+            if budget is not None and pending:
+                # Packed for more than the account's whole per-minute budget: such a
+                # request is refused (429 "request too large") however long we wait.
+                max_tokens = budget
+                pending = repack([i for request in pending for i in request], budget)
+            too_large: list[list[int]] = []
+
+            def settle(request: list[int], outcome: list[array.array] | BaseException) -> None:
+                if isinstance(outcome, RequestTooLargeError) and _round == 0:
+                    too_large.append(request)  # noqa: B023 - settled within this round
+                else:
+                    finish(request, outcome)
+
+            if len(pending) <= 1 or self.max_concurrency == 1:
+                for request in pending:
+                    try:
+                        outcome: list[array.array] | BaseException = run(request)
+                    except Exception as exc:  # accounted per index; see finish()
+                        outcome = exc
+                    settle(request, outcome)
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(pending))) as pool:
+                    futures = {pool.submit(run, request): request for request in pending}
+                    for future in as_completed(futures):
+                        exc = future.exception()
+                        settle(futures[future], exc if exc is not None else future.result())
+            pending = too_large
+            if not pending:
+                break
         return batch
 
     def close(self) -> None:
@@ -472,11 +513,16 @@ class EmbeddingService:
                 attempt += 1
                 headers = error_headers(exc)
                 if headers:
-                    self.limiter.observe(headers)
+                    self.limiter.observe(headers, sent_at=_sent_at(getattr(exc, "response", None)))
                 status = error_status(exc)
                 if status == 429:
                     with self._stats_lock:
                         batch.rate_limited += 1
+                    budget = self.limiter.tokens.capacity
+                    if budget is not None and tokens > budget:
+                        raise RequestTooLargeError(
+                            f"request of {tokens} tokens is over the account's {int(budget)} tokens-per-minute budget"
+                        ) from exc
                 if not should_retry(exc) or attempt > self.max_retries:
                     raise
                 # A misaligned answer is not a load problem: resend at once.
@@ -522,8 +568,11 @@ class EmbeddingService:
                     )
         return vectors
 
+    def _stamp_request(self, request: Any) -> None:
+        request.extensions[_SENT_AT] = self._clock()
+
     def _observe_response(self, response: Any) -> None:
-        self.limiter.observe(response.headers)
+        self.limiter.observe(response.headers, sent_at=_sent_at(response))
 
     def _format(self, vectors: list[array.array]) -> Any:
         if self.output == "array":
@@ -574,14 +623,25 @@ class EmbeddingService:
         return cls(redact(message, self._api_key), **kwargs)
 
 
+_SENT_AT = "core_sent_at"
+"""Request extension holding when the request left (the service's clock)."""
+
+
+def _sent_at(response: Any) -> float | None:
+    """When the request behind `response` left, as stamped by `_stamp_request` (None if unknown)."""
+    extensions = getattr(getattr(response, "request", None), "extensions", None)
+    value = extensions.get(_SENT_AT) if isinstance(extensions, dict) else None
+    return value if isinstance(value, float) else None
+
+
 def _field(item: Any, name: str) -> Any:
     """A response item's field without inventing one: mocks and lenient objects
     answer any attribute, so only values actually set on the item are read."""
-    if isinstance(item, Mapping):
-        return item.get(name)
-    values = getattr(item, "__dict__", None)
+    values = getattr(item, "__dict__", None)  # pydantic models (the SDK's) and plain objects
     if isinstance(values, dict) and name in values:
         return values[name]
+    if isinstance(item, dict):  # JSON from a hand-rolled client
+        return item.get(name)
     return getattr(item, name, None) if name == "embedding" else None
 
 

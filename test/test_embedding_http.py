@@ -169,3 +169,31 @@ def test_requests_overlap(fake_openai):
     assert stats["requests"] == 8
     assert stats["max_in_flight"] >= 4
     assert elapsed < 0.8 * 8 * 0.1 + 0.5  # well under the sequential 0.8 s + slack
+
+
+def test_budget_below_the_request_cap_is_learned_and_requests_repacked(fake_openai):
+    """TPM 20,000 per 1 s window: a default 300,000-token request could never be
+    accepted. The probe's 429 teaches the budget; the inputs are repacked into
+    requests that fit and every vector arrives, with no second call needed."""
+    fake_openai.configure(tpm=20_000, window_seconds=1.0)
+    texts = _texts(600, words=60)
+    total = sum(count_tokens(t) for t in texts)
+    assert total > 2 * 20_000
+    service = _service(fake_openai, max_retries=3, sleep=time.sleep)
+    result = service.batch_generate_embeddings(texts)
+    _assert_vectors(texts, result)
+    stats = fake_openai.stats()
+    assert all(entry[3] <= 20_000 for entry in stats["log"] if entry[2] == 200)
+    assert service.limiter.tokens.capacity == 20_000
+
+
+def test_one_request_over_the_budget_is_split_not_retried_forever(fake_openai):
+    """A single request (no probe) larger than the budget: refused 429 at once, then
+    repacked under the learned budget in the same call."""
+    fake_openai.configure(tpm=5_000, window_seconds=0.5)
+    texts = _texts(300, words=10)
+    assert 5_000 < sum(count_tokens(t) for t in texts) <= 300_000
+    service = _service(fake_openai, max_retries=3, sleep=time.sleep)
+    result = service.batch_generate_embeddings(texts)
+    _assert_vectors(texts, result)
+    assert fake_openai.stats()["by_status"].get("429", 0) <= 3

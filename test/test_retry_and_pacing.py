@@ -321,9 +321,11 @@ def test_a_request_above_the_budget_waits_for_a_full_bucket():
     clock = FakeClock()
     limiter = RateLimiter(tokens_per_minute=120, clock=clock, sleep=clock.sleep)  # 2 tokens/s
     limiter.acquire(100)  # 20 left
-    # 500 > capacity: wait until the bucket is full (100 tokens at 2/s = 50 s), then go into debt.
+    # 500 > capacity: wait until the bucket is full (100 tokens at 2/s = 50 s), then take the
+    # whole bucket, not 500: a debt of 380 would stall every later request for 190 s.
     assert limiter.acquire(500) == pytest.approx(50.0)
-    assert limiter.tokens.level == pytest.approx(120 - 500)
+    assert limiter.tokens.level == pytest.approx(0.0)
+    assert limiter.acquire(10) == pytest.approx(5.0)  # just its own 10 tokens at 2/s
 
 
 def test_pause_holds_every_worker():
@@ -624,3 +626,52 @@ def test_truncate_to_tokens_leaves_short_text_alone():
     assert truncate_to_tokens("hello world", 2) == "hello world"
     assert truncate_to_tokens("hello world", 1) == "hello"
     assert truncate_to_tokens("hello world", 0) == ""
+
+
+def test_server_figures_are_aged_by_the_request_latency():
+    """The server computed `remaining` when it accepted the request; by the time the
+    answer arrives its bucket has refilled for that long (2 s at 10 tokens/s here)."""
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    headers = {"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "400",
+               "x-ratelimit-reset-tokens": "20s"}  # 200 used, refilled in 20 s: 10 tokens/s
+    limiter.observe(headers)
+    assert limiter.tokens.level == pytest.approx(400)
+    clock.now += 5.0  # local bucket refills to 450
+    limiter.observe(headers, sent_at=clock.now - 2.0)
+    assert limiter.tokens.level == pytest.approx(420)  # min(450, 400 + 2 s x 10/s)
+    limiter.observe(headers)
+    assert limiter.tokens.level == pytest.approx(400)  # no age: the figure as is
+
+
+def test_count_tokens_batch_threads_agree_with_one_by_one():
+    from core.tokens import count_tokens, count_tokens_batch
+
+    texts = [f"section {i} " + "word " * (i % 50) + "été 🙂" for i in range(700)]
+    expected = [count_tokens(t) for t in texts]
+    assert count_tokens_batch(texts, num_threads=2) == expected
+    assert count_tokens_batch(texts, num_threads=3) == expected
+    assert count_tokens_batch(texts, num_threads=1) == expected
+
+
+def test_a_guessed_rate_is_waited_out_in_slices_so_headers_can_correct_it():
+    """A full bucket's headers give no rate: it is guessed as limit/60 and waited
+    out in short slices; the next answer's headers (here: 100/s) end the wait early."""
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    full = {"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "600"}
+    limiter.observe(full)
+    assert not limiter.tokens.rate_known and limiter.tokens.rate == pytest.approx(10.0)
+    limiter.acquire(600)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 2:  # an answer arrives: 300 used, full again in 3 s
+            limiter.observe({"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "300",
+                             "x-ratelimit-reset-tokens": "3s"})
+
+    limiter._sleep = sleep
+    waited = limiter.acquire(300)  # at the guessed 10/s: 30 s; at the real 100/s: ~3 s
+    assert clock.sleeps[:2] == [0.25, 0.25]  # slices while the rate was a guess
+    assert limiter.tokens.rate_known and limiter.tokens.rate == pytest.approx(100.0)
+    assert waited < 4.0
