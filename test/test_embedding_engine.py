@@ -22,6 +22,7 @@ import httpx2
 import numpy as np
 import openai
 import pytest
+from fakes import FakeClock
 
 import core.embedding_service as es
 from core.embedding_service import EmbeddingBatch, EmbeddingService, model_dimensions, redact
@@ -132,25 +133,10 @@ class FakeClient:
         self.closed = True
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
 
 def make(client: Any = None, **kwargs: Any) -> tuple[EmbeddingService, Any, FakeClock]:
     client = client if client is not None else FakeClient()
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     kwargs.setdefault("encoding_format", "float")
     kwargs.setdefault("rng", lambda: 0.0)
     service = EmbeddingService(client=client, sleep=clock.sleep, clock=clock, **kwargs)
@@ -1091,7 +1077,7 @@ def test_real_sdk_client_end_to_end(monkeypatch):
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.setattr(es, "DefaultHttpxClient", with_transport)
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     service = EmbeddingService(api_key=SECRET, sleep=clock.sleep, clock=clock, dimensions=DIMS)
     texts = ["alpha", "beta", "gamma"]
     result = service.batch_generate_embeddings(texts)

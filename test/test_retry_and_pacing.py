@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from fakes import FakeClock
 
 import core.tokens
 from core.errors import ConfigurationError
@@ -59,23 +60,6 @@ def status_error(status: int, *, headers=None, body=None, message: str = "boom",
     response = httpx2.Response(status, headers=headers or {}, request=_request())
     return cls(message, response=response, body=body)
 
-
-class FakeClock:
-    """Monotonic fake time; `sleep` advances it and records every wait."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 # --- retry.should_retry --------------------------------------------------------------------
