@@ -46,6 +46,7 @@ from .limits import (
     MAX_TOKENS_PER_REQUEST,
     MODEL_DIMENSIONS,
     TOKENIZER_ENCODING,
+    model_dimensions,
 )
 from .readers import FORMATS, InputFileError, SourceRecord, count_records, detect_format, read_records
 
@@ -259,9 +260,10 @@ def _dimensions(args: argparse.Namespace) -> int:
     if args.dimensions is not None:
         return int(args.dimensions)
     model = _model(args)
-    if model not in MODEL_DIMENSIONS:
+    dimensions = model_dimensions(model)
+    if dimensions is None:
         raise UsageError(f"unknown vector size for model {model!r}: pass --dimensions")
-    return MODEL_DIMENSIONS[model]
+    return dimensions
 
 
 def _check_table(args: argparse.Namespace) -> None:

@@ -50,7 +50,7 @@ from .limits import (
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_INPUT,
     MAX_TOKENS_PER_REQUEST,
-    MODEL_DIMENSIONS,
+    model_dimensions,  # noqa: F401 - re-exported for callers of this module
 )
 from .packing import pack_requests
 from .ratelimit import RateLimiter
@@ -659,9 +659,3 @@ def _to_float32(embedding: Any) -> array.array:
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigurationError(f"{name} must be an integer in {low}..{high}, not {value!r}")
-
-
-# Kept for callers that want the dimensions a model produces without a request.
-def model_dimensions(model: str, dimensions: int | None = None) -> int | None:
-    """Output dimensions of `model` (or `dimensions` when set); None if unknown."""
-    return dimensions or MODEL_DIMENSIONS.get(model)

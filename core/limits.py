@@ -23,6 +23,13 @@ MODEL_DIMENSIONS = {
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
 }
+
+
+def model_dimensions(model: str, dimensions: int | None = None) -> int | None:
+    """Output dimensions of `model` (or `dimensions` when set); None if unknown."""
+    return dimensions or MODEL_DIMENSIONS.get(model)
+
+
 TOKENIZER_ENCODING = "cl100k_base"
 """The tokenizer of every model above."""
 
