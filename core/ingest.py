@@ -11,6 +11,7 @@ so ``success_count + skipped_count + failed_count == len(sections)``.
 from __future__ import annotations
 
 import abc
+import array
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -287,8 +288,6 @@ class SectionStore(abc.ABC):
             counters.tokens += batch.total_tokens
             return batch.vectors, batch.errors, batch.token_counts
         # Any object with the seed's `batch_generate_embeddings` works too.
-        import array as _array
-
         try:
             result = service.batch_generate_embeddings(texts, max_batch_size=batch_size)
         except Exception as exc:  # every input failed
@@ -302,7 +301,7 @@ class SectionStore(abc.ABC):
             # Pairing them in order would store vectors under the wrong sections.
             reason = f"service returned {len(embeddings)} vectors for {len(indices)} inputs; cannot tell which is whose"
             return {}, {i: reason for i in range(len(texts))}, [0] * len(texts)
-        vectors = {i: _array.array("f", v) for i, v in zip(indices, embeddings)}
+        vectors = {i: array.array("f", v) for i, v in zip(indices, embeddings)}
         errors = {i: str(result.get("errors", {}).get(i, "failed")) for i in range(len(texts)) if i not in vectors}
         return vectors, errors, [0] * len(texts)
 
