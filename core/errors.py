@@ -25,6 +25,8 @@ __all__ = [
     "EmbeddingAPIError",
     "AllRequestsFailedError",
     "StoreError",
+    "RequestTooLargeError",
+    "MisalignedResponseError",
 ]
 
 
@@ -116,3 +118,18 @@ class AllRequestsFailedError(EmbeddingAPIError, RuntimeError):
 
 class StoreError(CoreError):
     """The vector store could not be reached or refused the schema."""
+
+
+class RequestTooLargeError(CoreError):
+    """A request needs more tokens than the account's whole per-minute budget.
+
+    Refused (429) however long one waits: its inputs must be repacked into
+    smaller requests, not retried as they are.
+    """
+
+
+class MisalignedResponseError(CoreError):
+    """A response did not carry exactly one vector per input, at the right indices.
+
+    Never accepted: a vector stored under the wrong section is worse than none.
+    """

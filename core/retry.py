@@ -1,7 +1,10 @@
-"""Retry decisions as small pure functions: what to retry, and how long to wait.
+"""Retries: decisions as small pure functions, and the one retry loop every backend uses.
 
-Kept free of I/O and clocks so they are tested exhaustively in milliseconds;
-the embedding service injects its own `sleep` and random source.
+`should_retry` / `retry_delay` decide (free of I/O and clocks, tested exhaustively
+in milliseconds); `RetryPolicy` bundles a decision with a delay and a budget; and
+`call_with_retries` / `acall_with_retries` run it — both on tenacity, so the sync
+and async drivers and the Supabase store share one loop and one backoff formula.
+Sleep is injectable everywhere so retry tests never wait.
 """
 
 from __future__ import annotations
@@ -10,9 +13,14 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timezone
+from typing import Any, TypeVar
 
+import tenacity
+
+from .errors import MisalignedResponseError, RequestTooLargeError  # noqa: F401 - re-exported (their old home)
 from .limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
 __all__ = [
@@ -25,25 +33,15 @@ __all__ = [
     "error_status",
     "error_headers",
     "error_code",
+    "RetryPolicy",
+    "call_with_retries",
+    "acall_with_retries",
 ]
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx: timeouts, lock conflicts, rate limits and server faults pass."""
-
-
-class RequestTooLargeError(Exception):
-    """A request needs more tokens than the account's whole per-minute budget.
-
-    Refused (429) however long one waits: its inputs must be repacked into
-    smaller requests, not retried as they are.
-    """
-
-
-class MisalignedResponseError(Exception):
-    """A response did not carry exactly one vector per input, at the right indices.
-
-    Never accepted: a vector stored under the wrong section is worse than none.
-    """
 
 
 def error_status(exc: BaseException) -> int | None:
@@ -188,3 +186,66 @@ def parse_duration(text: str | None) -> float | None:
             return None
         matched = True
     return total if matched else None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What to retry, how long to wait, and how often: the whole retry decision of a backend.
+
+    Attributes:
+        max_retries: Retries after the first attempt.
+        retryable: Whether an exception is worth another attempt.
+        delay: Seconds before retry number `attempt` (1-based) after `exc`.
+    """
+
+    max_retries: int
+    retryable: Callable[[BaseException], bool] = should_retry
+    delay: Callable[[int, BaseException], float] = lambda attempt, exc: retry_delay(attempt, error_headers(exc))
+
+    def _tenacity(self, before_sleep: Callable[[BaseException, float], None] | None) -> dict[str, Any]:
+        def wait(state: tenacity.RetryCallState) -> float:
+            return self.delay(state.attempt_number, state.outcome.exception())  # type: ignore[union-attr,arg-type]
+
+        def hook(state: tenacity.RetryCallState) -> None:
+            if before_sleep is not None:
+                before_sleep(state.outcome.exception(), state.upcoming_sleep)  # type: ignore[union-attr,arg-type]
+
+        return {
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "retry": tenacity.retry_if_exception(self.retryable),
+            "wait": wait,
+            "before_sleep": hook,
+            "reraise": True,  # the caller sees the last real exception, not tenacity's RetryError
+        }
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    before_sleep: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """`fn()`, tried again per `policy`; the last exception is raised when it gives up.
+
+    Args:
+        fn: One attempt.
+        policy: What to retry and how long to wait.
+        sleep: Sleep function (injectable for tests).
+        before_sleep: Called with (exception, seconds) before each wait.
+    """
+    return tenacity.Retrying(sleep=sleep, **policy._tenacity(before_sleep))(fn)
+
+
+async def acall_with_retries(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    before_sleep: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """The async twin of `call_with_retries` (same policy, same tenacity loop)."""
+    kwargs = policy._tenacity(before_sleep)
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    return await tenacity.AsyncRetrying(**kwargs)(fn)
