@@ -45,3 +45,14 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 """Seconds before a hung request is cut (and retried)."""
 DEFAULT_MAX_CONCURRENCY = 8
 """Embeddings requests in flight at once."""
+
+# --- Stores and ingest -----------------------------------------------------------------
+DEFAULT_TABLE = "section_embeddings"
+"""The table every store writes to and the schema creates, unless told otherwise."""
+DEFAULT_MATCH_FUNCTION = "match_sections"
+"""The search function the schema creates (`match_sections(query_embedding, match_count, match_threshold)`)."""
+INGEST_WINDOW = 8192
+"""Sections validated and looked up per window: bounds memory on any corpus size."""
+SUPABASE_MAX_CONCURRENCY = 16
+"""PostgREST upserts in flight at once: enough to hide ~20 ms of round trip per row
+(supabase-py keeps 20 keep-alive connections; more would reopen connections)."""
