@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test"))  # servers.postgrest_server
 
 from core.rows import Row, vector_literal  # noqa: E402
 from core.schema import apply_schema  # noqa: E402
 from core.supabase_store import SupabaseStore  # noqa: E402
-from core.testing.postgrest_server import FakePostgREST  # noqa: E402
+from servers.postgrest_server import FakePostgREST  # noqa: E402
 
 warnings.filterwarnings("ignore", message="The '(timeout|verify)' parameter is deprecated", category=DeprecationWarning)
 

@@ -311,7 +311,7 @@ def test_supabase_target_ingest_and_search(
     in_process: Any, pg_dsn: str, pg_conn: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SUPABASE_URL + key: through supabase-py to the PostgREST stand-in over the session's database."""
-    postgrest_server = pytest.importorskip("core.testing.postgrest_server")
+    postgrest_server = pytest.importorskip("servers.postgrest_server")
     key = "sb-test-service-role-key"
     with postgrest_server.FakePostgREST(pg_dsn, api_key=key) as rest:
         monkeypatch.setenv("SUPABASE_URL", rest.url)

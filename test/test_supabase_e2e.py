@@ -3,7 +3,7 @@
 Nothing is mocked between the store and the database: the real `SupabaseStore`
 (its own supabase-py client) and the real `EmbeddingService` (the openai SDK)
 talk HTTP to the local OpenAI-compatible server and to
-`core.testing.postgrest_server`, which runs PostgREST's SQL on the session's
+`servers.postgrest_server` (test/servers/), which runs PostgREST's SQL on the session's
 PostgreSQL with the shipped schema (`core.schema.apply_schema`) applied. Rows
 are read back with psycopg + pgvector and each vector is compared, bit for bit
 as float32, with `expected_embedding` of its section's text.
@@ -30,8 +30,8 @@ from core.rows import vector_literal
 from core.schema import apply_schema
 from core.supabase_store import SupabaseStore
 from core.testing import expected_embedding
-from core.testing.postgrest_server import FakePostgREST
 from core.tokens import count_tokens
+from servers.postgrest_server import FakePostgREST
 
 pytestmark = [
     pytest.mark.integration,

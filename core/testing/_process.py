@@ -1,7 +1,8 @@
 """What the local test servers share: a server in its own process, and its handle.
 
-Each server module (`openai_server`, `postgrest_server`) runs as
-``python -m core.testing.<module> --port 0 --exit-on-stdin-eof ...``, prints
+Each server module (`core.testing.openai_server`, and the test suite's
+`servers.postgrest_server` under ``test/``) runs as
+``python -m <module> --port 0 --exit-on-stdin-eof ...``, prints
 ``LISTENING http://127.0.0.1:PORT`` first, and answers a JSON control plane
 under ``/_control/`` (config, stats, reset). `ServerProcess` starts it from any
 working directory, waits for that line, talks to the control plane without
@@ -89,9 +90,12 @@ class ServerProcess:
     """
 
     module = ""
-    """``core.testing.<name>``, run with ``python -m``."""
+    """The server's module (``core.testing.openai_server``...), run with ``python -m``."""
     label = "server"
     """How errors name the server."""
+    import_roots: tuple[str, ...] = ()
+    """Folders to put on the child's PYTHONPATH ahead of the repository root, for a server
+    module that lives outside the package (the test suite's, under ``test/``)."""
 
     def __init__(self, *, startup_timeout: float = 30.0, control_timeout: float = 30.0) -> None:
         self.startup_timeout = startup_timeout
@@ -123,7 +127,7 @@ class ServerProcess:
 
         repo_root = str(Path(core.__file__).resolve().parent.parent)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([repo_root, *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join([*self.import_roots, repo_root, *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self._environment())
         cmd = [sys.executable, "-m", self.module, "--port", "0", *self._arguments(), "--exit-on-stdin-eof"]

@@ -61,7 +61,7 @@ fault counters), ``POST /_control/reload``.
 
 Run it by hand (the DSN comes from the environment, never the command line)::
 
-    FAKE_POSTGREST_DSN=postgresql://... python -m core.testing.postgrest_server --port 0 --config '{"latency": 0.02}'
+    cd test && FAKE_POSTGREST_DSN=postgresql://... python -m servers.postgrest_server --port 0 --config '{"latency": 0.02}'
 
 It prints ``LISTENING http://127.0.0.1:PORT`` as its first stdout line.
 """
@@ -84,6 +84,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from core.testing._process import ServerProcess, read_request_body, watch_stdin_eof
@@ -1104,7 +1105,7 @@ class FakePostgREST(ServerProcess):
     """Handle of one PostgREST stand-in process on 127.0.0.1, serving the database at `dsn`.
 
     ``with FakePostgREST(dsn, latency=0.02) as rest:`` starts ``python -m
-    core.testing.postgrest_server`` and stops it on exit; give :attr:`url` to
+    servers.postgrest_server`` (with ``test/`` on its PYTHONPATH) and stops it on exit; give :attr:`url` to
     supabase-py as the project URL, with any non-empty key.
 
     Args:
@@ -1117,8 +1118,9 @@ class FakePostgREST(ServerProcess):
         **config: Other keys of :data:`DEFAULT_CONFIG` (``fail_ids``, ``max_body_bytes``...).
     """
 
-    module = "core.testing.postgrest_server"
+    module = "servers.postgrest_server"
     label = "PostgREST stand-in"
+    import_roots = (str(Path(__file__).resolve().parent.parent),)  # test/, whose `servers` package holds us
 
     def __init__(
         self,
