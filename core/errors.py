@@ -24,6 +24,7 @@ __all__ = [
     "InvalidSectionError",
     "EmbeddingAPIError",
     "AllRequestsFailedError",
+    "EndpointError",
     "StoreError",
     "RequestTooLargeError",
     "MisalignedResponseError",
@@ -113,6 +114,22 @@ class AllRequestsFailedError(EmbeddingAPIError, RuntimeError):
 
     def __init__(self, message: str, *, failures: dict[int, str] | None = None, **kw: Any) -> None:
         self.failures = dict(failures or {})
+        super().__init__(message, **kw)
+
+
+class EndpointError(AllRequestsFailedError):
+    """The embeddings endpoint cannot be used at all: refused connection, 401, 403, 404
+    or ``insufficient_quota`` before it ever answered. Fix the URL, key or account.
+
+    Raised on the first such answer, before anything else is paid for; an
+    `AllRequestsFailedError` (a `RuntimeError`) for callers of the seed API.
+
+    Attributes:
+        url: The endpoint's base URL (never a key), None for OpenAI's default.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, **kw: Any) -> None:
+        self.url = url
         super().__init__(message, **kw)
 
 

@@ -13,6 +13,7 @@ def pack_requests(
     *,
     max_inputs: int,
     max_tokens: int,
+    allow_oversize: bool = False,
 ) -> list[list[int]]:
     """Group `indices` into requests, in order, each filled as far as both limits allow.
 
@@ -26,12 +27,15 @@ def pack_requests(
             <= `max_tokens`; longer inputs are rejected before packing).
         max_inputs: Inputs per request, at least 1.
         max_tokens: Tokens per request, at least 1.
+        allow_oversize: Send an input above `max_tokens` alone in its own request
+            instead of raising (when `max_tokens` is a pacing target below the
+            API's hard cap, which the caller has already enforced).
 
     Returns:
         Lists of input indices, one per request.
 
     Raises:
-        ValueError: A limit below 1, or an input alone above `max_tokens`.
+        ValueError: A limit below 1, or an input alone above `max_tokens` (unless `allow_oversize`).
     """
     if max_inputs < 1 or max_tokens < 1:
         raise ValueError(f"limits must be >= 1 (max_inputs={max_inputs}, max_tokens={max_tokens})")
@@ -40,7 +44,7 @@ def pack_requests(
     current_tokens = 0
     for index in indices:
         tokens = token_counts[index]
-        if tokens > max_tokens:
+        if tokens > max_tokens and not allow_oversize:
             raise ValueError(f"input {index} has {tokens} tokens, above the {max_tokens}-token request cap")
         if current and (len(current) >= max_inputs or current_tokens + tokens > max_tokens):
             requests.append(current)

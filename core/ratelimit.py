@@ -126,6 +126,29 @@ class RateLimiter:
         # request came back without any: then there is nothing more to learn first.
         self.probed = tokens_per_minute is not None or requests_per_minute is not None
 
+    def try_acquire(self, tokens: int) -> float:
+        """Reserve one request of `tokens` tokens if both budgets allow it now.
+
+        Returns:
+            0.0 when reserved; else the seconds to sleep before asking again (the
+            sync and async drivers differ only in how they sleep).
+        """
+        with self._lock:
+            now = self._clock()
+            wait = max(
+                self._paused_until - now,
+                self.tokens.wait_time(tokens, now),
+                self.requests.wait_time(1, now),
+            )
+            if wait <= _NEGLIGIBLE_WAIT:
+                self.tokens.take(tokens)
+                self.requests.take(1)
+                return 0.0
+            # While a rate is only a guess (limit/60 from a full bucket's headers),
+            # wait in short slices: the next answer's headers will correct it.
+            guessed = not (self.tokens.rate_known and self.requests.rate_known)
+            return min(wait, MAX_WAIT_SLICE) if guessed else wait
+
     def acquire(self, tokens: int) -> float:
         """Block until one request of `tokens` tokens fits both budgets; reserve it.
 
@@ -133,25 +156,24 @@ class RateLimiter:
             Seconds spent waiting.
         """
         waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                wait = max(
-                    self._paused_until - now,
-                    self.tokens.wait_time(tokens, now),
-                    self.requests.wait_time(1, now),
-                )
-                if wait <= _NEGLIGIBLE_WAIT:
-                    self.tokens.take(tokens)
-                    self.requests.take(1)
-                    self.waited_seconds += waited
-                    return waited
-            # While a rate is only a guess (limit/60 from a full bucket's headers),
-            # wait in short slices: the next answer's headers will correct it.
-            guessed = not (self.tokens.rate_known and self.requests.rate_known)
-            step = min(wait, MAX_WAIT_SLICE) if guessed else wait
+        while (step := self.try_acquire(tokens)) > 0.0:
             self._sleep(step)
             waited += step
+        with self._lock:
+            self.waited_seconds += waited
+        return waited
+
+    async def acquire_async(self, tokens: int) -> float:
+        """`acquire` for an event loop: awaits instead of blocking (same budgets, same lock)."""
+        import asyncio
+
+        waited = 0.0
+        while (step := self.try_acquire(tokens)) > 0.0:
+            await asyncio.sleep(step)
+            waited += step
+        with self._lock:
+            self.waited_seconds += waited
+        return waited
 
     def pause(self, seconds: float) -> None:
         """Hold every worker for `seconds` (after a 429 with `retry-after`)."""

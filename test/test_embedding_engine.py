@@ -25,7 +25,10 @@ import pytest
 from fakes import FakeClock
 
 import core.embedding_service as es
-from core.embedding_service import EmbeddingBatch, EmbeddingService, model_dimensions, redact
+from core.engine.decode import to_float32
+from core.embedding_service import EmbeddingBatch, EmbeddingService
+from core.limits import model_dimensions
+from core.secrets import redact
 from core.errors import (
     AllRequestsFailedError,
     ConfigurationError,
@@ -955,7 +958,7 @@ def test_base64_is_decoded_as_little_endian_float32():
     assert client.calls[0]["encoding_format"] == "base64"
     assert result["embeddings"] == [vec_for(t) for t in texts]
     raw = base64.b64encode(struct.pack("<3f", 1.5, -2.0, 0.25)).decode()
-    assert list(es._to_float32(raw)) == [1.5, -2.0, 0.25]
+    assert list(to_float32(raw)) == [1.5, -2.0, 0.25]
 
 
 def test_base64_is_the_default_encoding():
@@ -969,7 +972,7 @@ def test_base64_byte_order_is_swapped_on_big_endian_hosts(monkeypatch):
     swapped = base64.b64encode(struct.pack(">2f", 1.5, -2.0)).decode()
     monkeypatch.setattr(sys, "byteorder", "big" if sys.byteorder == "little" else "little")
     # Bytes read natively, then swapped because the API's are little-endian.
-    assert list(es._to_float32(swapped)) == [1.5, -2.0]
+    assert list(to_float32(swapped)) == [1.5, -2.0]
 
 
 def test_numpy_output_of_nothing_has_the_right_width():

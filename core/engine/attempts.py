@@ -1,0 +1,194 @@
+"""One request's attempts: what to send, how to read the answer, what a failure means.
+
+Shared by the sync and async drivers, which only add the I/O (`embeddings.create`,
+sleeping, waiting for the rate limiter) around these decisions:
+
+- a 429 for a request above the account's whole token budget is `RequestTooLargeError`
+  (repack, don't wait); any other 429's `retry-after` pauses every worker;
+- before the endpoint has answered once, a refused connection, 401, 403, 404 or
+  `insufficient_quota` is `EndpointError`: a wrong URL, key or account, not 20,000
+  bad sections — the run stops at once, before paying for anything else;
+- a misaligned answer is resent at once; the rest follows `core.retry`'s policy.
+
+No raw SDK exception leaves this module's failures: `sanitized()` keeps the status,
+code and request id of the last error, with its message redacted.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import EmbeddingAPIError, EndpointError, MisalignedResponseError, RequestTooLargeError
+from ..ratelimit import RateLimiter
+from ..retry import RetryPolicy, error_code, error_headers, error_status, retry_delay, should_retry
+from ..secrets import redact
+from .decode import decode_embeddings
+from .plan import EmbeddingBatch, Request
+
+__all__ = ["Attempts", "is_endpoint_problem"]
+
+_ENDPOINT_STATUSES = frozenset({401, 403, 404})
+
+
+def is_endpoint_problem(exc: BaseException) -> bool:
+    """A failure that says the endpoint, key or account is wrong, not this request."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+        return True
+    status = error_status(exc)
+    return status in _ENDPOINT_STATUSES or (status == 429 and error_code(exc) == "insufficient_quota")
+
+
+class Attempts:
+    """The decisions around every attempt of every request of one service.
+
+    Args:
+        model: Embeddings model.
+        dimensions: Requested output width (None: the model's).
+        encoding_format: ``"base64"`` or ``"float"``.
+        limiter: The service's shared rate limiter.
+        max_retries: Retries per request after its first attempt.
+        base_url: The endpoint, for messages (no secrets in it).
+        api_key: Masked from every message.
+        rng: Jitter source for backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        dimensions: int | None,
+        encoding_format: str,
+        limiter: RateLimiter,
+        max_retries: int,
+        base_url: str | None,
+        api_key: str | None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.model = model
+        self.dimensions = dimensions
+        self.encoding_format = encoding_format
+        self.limiter = limiter
+        self.base_url = base_url
+        self._api_key = api_key
+        self._rng = rng
+        self._lock = threading.Lock()
+        self.endpoint_verified = False
+        """True once any request got an answer that was not an endpoint problem."""
+        self.policy = RetryPolicy(max_retries=max_retries, retryable=self.retryable, delay=self.delay)
+
+    # --- before -----------------------------------------------------------------------------
+
+    def create_kwargs(self, request: Request) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "input": list(request.texts), "encoding_format": self.encoding_format}
+        if self.dimensions is not None:
+            kwargs["dimensions"] = self.dimensions
+        return kwargs
+
+    def count(self, batch: EmbeddingBatch, *, retry: bool) -> None:
+        with self._lock:
+            batch.requests += 1
+            batch.retries += retry
+
+    # --- after ------------------------------------------------------------------------------
+
+    def read(self, response: Any, request: Request, batch: EmbeddingBatch) -> tuple[list[Any], int | None]:
+        """(vectors in input order, tokens the API reported) — or `MisalignedResponseError`."""
+        self.endpoint_verified = True
+        vectors = decode_embeddings(response, len(request.texts), self.dimensions)
+        want = len(vectors[0])
+        with self._lock:  # every vector of one call has one width (a numpy block relies on it)
+            if batch.dimensions is None:
+                batch.dimensions = want
+            elif batch.dimensions != want:
+                raise MisalignedResponseError(
+                    f"response has {want}-dimension vectors, earlier responses had {batch.dimensions} dimensions"
+                )
+        used = getattr(getattr(response, "usage", None), "prompt_tokens", None)
+        return vectors, used if isinstance(used, int) and not isinstance(used, bool) else None
+
+    def on_error(self, exc: BaseException, request: Request, batch: EmbeddingBatch, *, sent_at: float | None) -> None:
+        """Learn from a failed attempt; raise what it really means when that is not `exc` itself.
+
+        Raises:
+            EndpointError: The endpoint has never answered and this says it is wrong.
+            RequestTooLargeError: A 429 for a request above the whole token budget.
+        """
+        headers = error_headers(exc)
+        if headers:
+            self.limiter.observe(headers, sent_at=sent_at)
+        status = error_status(exc)
+        if not self.endpoint_verified and is_endpoint_problem(exc):
+            raise EndpointError(
+                f"the embeddings endpoint {self.base_url or 'https://api.openai.com/v1'} cannot be used: "
+                f"{self.describe(exc)}",
+                url=self.base_url,
+                status_code=status,
+                request_id=getattr(exc, "request_id", None),
+                code=error_code(exc),
+            ) from None
+        if status is not None:
+            self.endpoint_verified = True
+        if status == 429:
+            with self._lock:
+                batch.rate_limited += 1
+            budget = self.limiter.tokens.capacity
+            if budget is not None and request.tokens > budget:
+                raise RequestTooLargeError(
+                    f"request of {request.tokens} tokens is over the account's {int(budget)} tokens-per-minute budget"
+                ) from None
+
+    def retryable(self, exc: BaseException) -> bool:
+        return not isinstance(exc, (EndpointError, RequestTooLargeError)) and should_retry(exc)
+
+    def delay(self, attempt: int, exc: BaseException) -> float:
+        if isinstance(exc, MisalignedResponseError):
+            return 0.0  # not a load problem: resend at once
+        return retry_delay(attempt, error_headers(exc), rng=self._rng)
+
+    def before_sleep(self, exc: BaseException, seconds: float) -> None:
+        if error_status(exc) == 429:
+            self.limiter.pause(seconds)  # every worker waits, not just this one
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def describe(self, exc: BaseException | None) -> str:
+        """One line on `exc`: status, code, the API's message, request id — redacted."""
+        if exc is None:
+            return "unknown error"
+        status = error_status(exc)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if status is not None:
+            code = error_code(exc)
+            request_id = getattr(exc, "request_id", None)
+            text = f"HTTP {status}" + (f" {code}" if code else "") + f": {message}"
+            if request_id:
+                text += f" (request_id={request_id})"
+        elif isinstance(exc, EmbeddingAPIError):
+            text = message
+        else:
+            text = f"{type(exc).__name__}: {message}"
+        return self.redact(text)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._api_key)
+
+    def sanitized(self, exc: BaseException) -> EmbeddingAPIError:
+        """A stand-in for `exc` that is safe to keep and chain: no raw SDK object, no key."""
+        if isinstance(exc, EmbeddingAPIError):
+            return exc
+        return EmbeddingAPIError(
+            self.describe(exc),
+            status_code=error_status(exc),
+            request_id=getattr(exc, "request_id", None),
+            code=error_code(exc),
+        )
+
+    def failure(self, request: Request, exc: BaseException) -> tuple[str, str]:
+        """(code, reason) for the inputs of a request that failed for good."""
+        return ("misaligned" if isinstance(exc, MisalignedResponseError) else "api_error"), self.describe(exc)
+
