@@ -1,7 +1,8 @@
 """Test helpers: a local OpenAI-compatible embeddings server (see `core.testing.openai_server`).
 
-Names are resolved lazily so that ``python -m core.testing.openai_server``
-does not import the module twice (once as a package member, once as __main__).
+Names are resolved lazily: ``import core.testing`` costs nothing and needs no
+numpy; the first name used imports the server package (which needs numpy, the
+``server`` extra).
 """
 
 from __future__ import annotations
