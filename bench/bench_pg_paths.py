@@ -1,4 +1,4 @@
-"""Measure PostgresStore's binary upsert paths on a local PostgreSQL 18 + pgvector (core.embedded backend).
+"""Measure PostgresStore's binary upsert path against three others (bench/pg_write_paths.py) on a local PostgreSQL 18 + pgvector (core.embedded backend).
 
 Writes N rows of D float32 dimensions through each path into an empty table
 (new rows), then the same ids again with new vectors (existing rows, so every
@@ -27,9 +27,11 @@ from collections.abc import Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from core.postgres_store import _WRITE_PATHS, PostgresStore
-from core.rows import Row
+from core.postgres_store import PostgresStore  # noqa: E402
+from core.rows import Row  # noqa: E402
+from pg_write_paths import PATHS, PathStore  # noqa: E402
 
 
 def make_rows(n: int, dimensions: int, seed: int) -> list[Row]:
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--dimensions", type=int, default=1536)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--paths", default=",".join(_WRITE_PATHS))
+    parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--with-index", action="store_true")
     parser.add_argument("--dsn", help="use this database instead of starting pgserver")
     args = parser.parse_args()
@@ -99,10 +101,10 @@ def main() -> None:
         # Paths take turns within each round, so drift on the machine hits them alike.
         for _ in range(args.repeat):
             for path in paths:
-                with PostgresStore(
-                    dsn, table="bench_rows", dimensions=args.dimensions, rows_per_chunk=args.chunk, create_schema=False
+                with PathStore(
+                    dsn, table="bench_rows", dimensions=args.dimensions, rows_per_chunk=args.chunk,
+                    create_schema=False, write_path=path,
                 ) as store:
-                    store._write_path = path
                     store._open().execute("drop table if exists bench_rows cascade")
                     store.ensure_schema(with_index=args.with_index)
                     store._open().execute("checkpoint")

@@ -16,57 +16,38 @@ A chunk the database refuses is rolled back and retried row by row, each row
 under its own savepoint, so only the bad rows fail, each with the database's
 reason; all other rows are stored.
 
-Why unnest: measured with bench/bench_pg_paths.py (20,000 rows x 1536 dims,
-500 rows per chunk, no HNSW index, local PostgreSQL 18 + pgvector 0.8.2 on a
-2-vCPU machine shared with other jobs; best [median] of 5, rows/s):
+Why unnest: of four binary paths measured by bench/bench_pg_paths.py (the other
+three live in bench/pg_write_paths.py) it had the best median in 3 runs of 4
+(~10,000 new rows/s of 1536 dims on 2 vCPUs), with 7 parameters whatever the
+chunk size, one cached statement and no temporary table.
 
-    path                                  new rows         existing rows
-    unnest of binary arrays              10245 [8008]      9105 [6808]
-    multi-row VALUES, binary (RawCursor)  7925 [7628]      8219 [6458]
-    binary COPY to temp + INSERT SELECT   9362 [6992]      6785 [5837]
-    executemany, pipeline mode            7943 [6482]      6574 [5754]
-
-The server's work (TOASTing 6 KB per vector, WAL) dominates and is the same for
-every path; unnest had the best median in 3 runs of 4 (the 4th, on a busier
-machine, was a tie within noise), executemany was last every time (87 µs of
-client CPU per row against ~40 for the others). unnest also needs 7 parameters
-whatever the chunk size (VALUES needs 7 per row, capped at 65,535), one cached
-statement for every chunk, and no temporary table.
+For bulk loads: `table_state`, `drop_index`, `create_index` (with enough
+`maintenance_work_mem`), see `core.postgres_admin`.
 """
 
 from __future__ import annotations
 
-import array
-import datetime as dt
+import importlib
 import os
-import re
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import postgres_admin as admin
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
 from .ingest import SectionStore
-from .rows import Row
-from .schema import (
-    DEFAULT_DIMENSIONS,
-    DEFAULT_MATCH_FUNCTION,
-    DEFAULT_TABLE,
-    apply_schema_sql,
-    index_name,
-    render_index,
-    render_schema,
-    validate_dimensions,
-    validate_identifier,
-)
+from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE
+from .postgres_admin import INDEX_MEMORY_CAP, TableState
+from .postgres_rows import as_float32, refusal_reason, row_params, upsert_sql
+from .rows import Row, vector_literal
+from .schema import DEFAULT_DIMENSIONS, apply_schema_sql, render_schema, validate_dimensions, validate_identifier
+from .secrets import redact_dsn, scrub_dsn
 
 if TYPE_CHECKING:
     import numpy
     import psycopg
 
-__all__ = ["MAX_ROWS_PER_CHUNK", "PostgresStore", "redact_dsn", "scrub_secret"]
+__all__ = ["INDEX_MEMORY_CAP", "MAX_ROWS_PER_CHUNK", "PostgresStore", "TableState"]
 
-_COLUMNS = ("section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at")
-_COPY_TYPES = ("int8", "text", "vector", "text", "text", "int4", "timestamptz")
 
 MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""
@@ -74,74 +55,19 @@ MAX_ROWS_PER_CHUNK = 9000
 _EF_SEARCH_DEFAULT = 40  # pgvector's hnsw.ef_search default: an HNSW scan returns at most this many rows
 _EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
 
-
-# --- DSN redaction ---------------------------------------------------------
-
-_URI_USERINFO = re.compile(r"^(?P<head>\s*postgres(?:ql)?://[^@/?#:]*:)(?P<secret>[^@/]*)(?P<tail>@)", re.IGNORECASE)
-_URI_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&#]*)", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:\\.|[^'\\])*'|\S*)", re.IGNORECASE)
-
-
-def _is_uri(dsn: str) -> bool:
-    return re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE) is not None
-
-
-def _patterns(dsn: str) -> tuple[re.Pattern[str], ...]:
-    return (_URI_USERINFO, _URI_QUERY_PASSWORD) if _is_uri(dsn) else (_KV_PASSWORD,)
-
-
-def _secrets(dsn: str) -> list[str]:
-    """Every spelling of the DSN's password(s) that could show up in a message."""
-    found: list[str] = []
-    for pattern in _patterns(dsn):
-        for match in pattern.finditer(dsn):
-            raw = match.group("secret")
-            found.append(raw)
-            found.append(urllib.parse.unquote(raw))
-            if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
-                found.append(re.sub(r"\\(.)", r"\1", raw[1:-1]))
-    # Longest first, so a password containing another spelling is replaced whole.
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def redact_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by ``***`` (URI or key=value form)."""
-    if not _is_uri(dsn):
-        return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", dsn)
-    text = _URI_USERINFO.sub(lambda m: m.group("head") + "***" + m.group("tail"), dsn)
-    return _URI_QUERY_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-
-
-def scrub_secret(text: str, dsn: str) -> str:
-    """`text` with any spelling of `dsn`'s password replaced by ``***``.
-
-    libpq quotes pieces of a malformed connection string in its errors, so
-    driver messages are scrubbed before they go into ours.
-    """
-    for secret in _secrets(dsn):
-        text = text.replace(secret, "***")
-    return text
-
-
-# --- optional dependencies -------------------------------------------------
+_T = TypeVar("_T")
 
 
 def _import_drivers() -> tuple[Any, Any, Callable[[Any], None]]:
     """(psycopg, numpy, pgvector.psycopg.register_vector), or MissingDependencyError."""
-    purpose = "PostgresStore"
-    try:
-        import psycopg
-    except ImportError:
-        raise MissingDependencyError("psycopg", "postgres", purpose) from None
-    try:
-        from pgvector.psycopg import register_vector
-    except ImportError:
-        raise MissingDependencyError("pgvector", "postgres", purpose) from None
-    try:
-        import numpy
-    except ImportError:
-        raise MissingDependencyError("numpy", "postgres", purpose) from None
-    return psycopg, numpy, register_vector
+    modules = []
+    for package, name in (("psycopg", "psycopg"), ("pgvector", "pgvector.psycopg"), ("numpy", "numpy")):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            raise MissingDependencyError(package, "postgres", "PostgresStore") from None
+    psycopg, pgvector_psycopg, numpy = modules
+    return psycopg, numpy, pgvector_psycopg.register_vector
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -162,6 +88,11 @@ class PostgresStore(SectionStore):
         create_schema: On first connection, create the extension, table, index,
             function and RLS if they are not all in place (see `ensure_schema`).
         connect_timeout: Seconds to wait for the connection.
+        halfvec_scan: Search by a full scan with `halfvec` cosine distances
+            instead of the search function: for the embedded pgvector built for
+            AVX-512 on a CPU without it (see `core.embedded.vector_math_problem`),
+            where `vector` distances kill the server and `halfvec` ones work.
+            Similarities are then half precision (about three digits).
 
     Raises:
         MissingDependencyError: If psycopg, pgvector or numpy is not installed.
@@ -181,6 +112,7 @@ class PostgresStore(SectionStore):
         rows_per_chunk: int = 500,
         create_schema: bool = True,
         connect_timeout: int = 10,
+        halfvec_scan: bool = False,
     ) -> None:
         self._psycopg, self._numpy, self._register_vector = _import_drivers()
         if dsn is None:
@@ -203,12 +135,12 @@ class PostgresStore(SectionStore):
         self.rows_per_chunk = rows_per_chunk
         self.create_schema = create_schema
         self.connect_timeout = connect_timeout
+        self.halfvec_scan = bool(halfvec_scan)
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         self._ready = False  # schema checked (if asked) and vector types registered on _conn
         self._schema_done = False
-        self._write_path = "unnest"
-        self._statements: dict[tuple[str, int], bytes] = {}
+        self._statements: dict[str, bytes] = {}
 
     # --- connection --------------------------------------------------------
 
@@ -234,7 +166,7 @@ class PostgresStore(SectionStore):
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         """A StoreError for `exc` that names the table and never the password."""
         message = f"{doing} (table {self.table!r} on {redact_dsn(self._dsn)}): {str(exc).strip()}"
-        return StoreError(scrub_secret(message, self._dsn))
+        return StoreError(scrub_dsn(message, self._dsn))
 
     def _open(self) -> psycopg.Connection[Any]:
         """The connection, opened if needed, with no setup done on it."""
@@ -275,50 +207,24 @@ class PostgresStore(SectionStore):
 
     # --- schema ------------------------------------------------------------
 
+    def _admin(self, doing: str, action: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """`action(conn)` on the bare connection; a database error becomes a StoreError."""
+        conn = self._open()
+        try:
+            return action(conn)
+        except self._psycopg.Error as exc:
+            self._discard_if_broken()
+            raise self._error(doing, exc) from None
+
     def _render(self, *, with_index: bool) -> str:
         return render_schema(
             table=self.table, dimensions=self.dimensions, match_function=self.match_function, with_index=with_index
         )
 
-    def _function_body(self) -> str:
-        """The search function's body exactly as the rendered schema defines it."""
-        sql = self._render(with_index=False)
-        match = re.search(r"create or replace function .*?\bas \$\$(.*?)\$\$;", sql, re.DOTALL)
-        assert match is not None, "schema.sql: search function not found"
-        return match.group(1)
-
     def _schema_is_current(self, conn: psycopg.Connection[Any]) -> bool:
-        """True if table, function (same body), RLS and index are all in place.
-
-        Checked first so a store does not run DDL on every connection: DDL takes
-        an exclusive lock on the table (``alter table ... enable row level
-        security``) and would queue behind, and block, running queries.
-        """
-        expect_index = "create index" in render_index(table=self.table, dimensions=self.dimensions)
-        row = conn.execute(
-            """
-            select
-              (select a.atttypmod = %(dimensions)s
-                 from pg_attribute a
-                where a.attrelid = to_regclass(%(table)s) and a.attname = 'embedding'
-                  and not a.attisdropped and a.atttypid = to_regtype('vector')),
-              (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
-              to_regclass(%(index)s) is not null,
-              exists (select 1 from pg_proc p
-                       where p.proname = %(function)s and p.pronargs = 3
-                         and pg_function_is_visible(p.oid) and p.prosrc = %(body)s)
-            """,
-            {
-                "dimensions": self.dimensions,
-                "table": self.table,
-                "index": index_name(self.table),
-                "function": self.match_function,
-                "body": self._function_body(),
-            },
-        ).fetchone()
-        assert row is not None
-        table_ok, rls_ok, index_ok, function_ok = row
-        return bool(table_ok and rls_ok and function_ok and (index_ok or not expect_index))
+        return admin.schema_is_current(
+            conn, table=self.table, dimensions=self.dimensions, match_function=self.match_function
+        )
 
     def ensure_schema(self, with_index: bool = True) -> None:
         """Apply the schema (extension, table, function, RLS; index if asked).
@@ -331,29 +237,64 @@ class PostgresStore(SectionStore):
             StoreError: If the database is unreachable or refuses the script
                 (e.g. the table exists with another vector size).
         """
-        conn = self._open()
-        try:
+
+        def apply(conn: psycopg.Connection[Any]) -> None:
             apply_schema_sql(conn, self._render(with_index=with_index), table=self.table)
             self._schema_done = True
             if not self._ready:
                 self._register_vector(conn)
                 self._ready = True
-        except self._psycopg.Error as exc:
-            self._discard_if_broken()
-            raise self._error("cannot apply the schema", exc) from None
 
-    def create_index(self) -> None:
+        self._admin("cannot apply the schema", apply)
+
+    def create_index(self, *, memory_cap: int = INDEX_MEMORY_CAP) -> None:
         """Create the HNSW index if it does not exist (no-op above 4,000 dimensions).
+
+        The build gets enough `maintenance_work_mem` to keep pgvector's graph in
+        memory (sized from the row count, at most `memory_cap` bytes), for its
+        own transaction only.
 
         Raises:
             StoreError: If the database is unreachable or the build fails.
         """
-        conn = self._open()
-        try:
-            apply_schema_sql(conn, render_index(table=self.table, dimensions=self.dimensions), table=self.table)
-        except self._psycopg.Error as exc:
-            self._discard_if_broken()
-            raise self._error("cannot create the index", exc) from None
+        self._admin("cannot create the index", lambda conn: admin.build_index(
+            conn, table=self.table, dimensions=self.dimensions, memory_cap=memory_cap
+        ))
+
+    def drop_index(self) -> None:
+        """Drop the HNSW index if there is one (before loading an empty table: one build after is faster).
+
+        Raises:
+            StoreError: If the database is unreachable or refuses.
+        """
+        self._admin("cannot drop the index", lambda conn: admin.drop_index(conn, self.table))
+
+    def table_state(self) -> TableState:
+        """Whether the table exists, is empty, has its index; its vector size; a stored row's model.
+
+        Reads only (never creates the schema, whatever `create_schema` says).
+
+        Raises:
+            StoreError: If the database is unreachable or the query fails.
+        """
+        return self._admin("cannot read the table", lambda conn: admin.read_table_state(conn, self.table))
+
+    def preflight(self, dimensions: int | None) -> None:
+        """Before anything is paid for: the database answers and the table takes vectors of `dimensions`.
+
+        Raises:
+            StoreError: Unreachable; no table (with ``create_schema=False``); another vector size.
+        """
+        if dimensions is not None and dimensions != self.dimensions:
+            raise StoreError(f"the embeddings have {dimensions} dimensions, table {self.table!r} takes {self.dimensions}")
+        self._connection()  # creates the schema first, when create_schema
+        state = self.table_state()
+        if not state.exists:
+            raise StoreError(
+                f"table {self.table!r} does not exist (create_schema=False: run ensure_schema() or apply the schema)"
+            )
+        if state.dimensions != self.dimensions:
+            raise StoreError(f"table {self.table!r} holds {state.dimensions}-dimensional vectors, not {self.dimensions}")
 
     def count(self) -> int:
         """Number of stored rows.
@@ -361,16 +302,11 @@ class PostgresStore(SectionStore):
         Raises:
             StoreError: If the database is unreachable or the query fails.
         """
-        row = self._query("cannot count rows", f"select count(*) from {self.table}", None)
-        return int(row[0][0])
+        return int(self._query("cannot count rows", f"select count(*) from {self.table}", None)[0][0])
 
     def _query(self, doing: str, sql: str, params: Any) -> list[tuple[Any, ...]]:
-        conn = self._connection()
-        try:
-            return conn.execute(sql, params).fetchall()
-        except self._psycopg.Error as exc:
-            self._discard_if_broken()
-            raise self._error(doing, exc) from None
+        self._connection()
+        return self._admin(doing, lambda conn: conn.execute(sql, params).fetchall())
 
     # --- SectionStore --------------------------------------------------------
 
@@ -415,19 +351,28 @@ class PostgresStore(SectionStore):
                 f"query vector has {query.size} dimensions, table {self.table!r} has {self.dimensions}"
             )
         conn = self._connection()
+        sql, params = self._search_sql(query, k, threshold)
         try:
             with conn.transaction():
-                if k > _EF_SEARCH_DEFAULT:
+                if k > _EF_SEARCH_DEFAULT and not self.halfvec_scan:
                     # An HNSW scan yields at most ef_search rows: widen it for this transaction.
                     conn.execute("select set_config('hnsw.ef_search', %s, true)", (str(min(k, _EF_SEARCH_MAX)),))
-                rows = conn.execute(
-                    f"select section_id, title, similarity from {self.match_function}(%b, %s, %s)",
-                    (query, k, threshold),
-                ).fetchall()
+                rows = conn.execute(sql, params).fetchall()
         except self._psycopg.Error as exc:
             self._discard_if_broken()
             raise self._error("search failed", exc) from None
         return [{"section_id": int(sid), "title": title, "similarity": float(sim)} for sid, title, sim in rows]
+
+    def _search_sql(self, query: Any, k: int, threshold: float | None) -> tuple[str, tuple[Any, ...]]:
+        if not self.halfvec_scan:
+            return f"select section_id, title, similarity from {self.match_function}(%b, %s, %s)", (query, k, threshold)
+        # The query goes as text, cast straight to halfvec: no `vector` arithmetic anywhere.
+        distance = f"embedding::halfvec({self.dimensions}) <=> %(q)s::halfvec({self.dimensions})"
+        sql = (
+            f"select section_id, title, 1 - ({distance}) as similarity from {self.table} "
+            f"where %(t)s::float8 is null or 1 - ({distance}) >= %(t)s::float8 order by similarity desc limit %(k)s"
+        )
+        return sql, {"q": vector_literal(query.tolist()), "t": threshold, "k": k}  # type: ignore[return-value]
 
     def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` (binary, chunked); return `{section_id: reason}` for rows not stored.
@@ -453,11 +398,10 @@ class PostgresStore(SectionStore):
             return failures
         conn = self._connection()
         items = list(prepared.items())
-        write_chunk = _WRITE_PATHS[self._write_path]
         for done, chunk in enumerate(_chunks(items, self.rows_per_chunk)):
             try:
                 with conn.transaction():
-                    write_chunk(self, conn, [params for _, params in chunk])
+                    self._write_chunk(conn, [params for _, params in chunk])
                 continue
             except self._psycopg.Error as exc:
                 if self._discard_if_broken():
@@ -478,126 +422,34 @@ class PostgresStore(SectionStore):
     def _lost(
         self, failures: dict[int, str], remaining: Sequence[tuple[int, Any]], exc: BaseException
     ) -> dict[int, str]:
-        reason = "database connection lost: " + scrub_secret(str(exc).strip(), self._dsn)
+        reason = "database connection lost: " + scrub_dsn(str(exc).strip(), self._dsn)
         for section_id, _ in remaining:
             failures[section_id] = reason
         return failures
 
     def _as_float32(self, vector: Any) -> numpy.ndarray[Any, Any]:
-        np = self._numpy
-        if isinstance(vector, array.array) and vector.typecode == "f":
-            # Zero copy: the array's buffer already holds float32 values.
-            return np.frombuffer(vector, dtype=np.float32)
-        return np.asarray(vector, dtype=np.float32)
+        return as_float32(self._numpy, vector)
 
     def _row_params(self, row: Row) -> tuple[Any, ...]:
-        """One row as typed parameters for the binary protocol.
+        return row_params(self._numpy, row)
 
-        Raises:
-            TypeError, ValueError: If a field cannot be converted (the row fails alone).
-        """
-        from psycopg.types.numeric import Int4, Int8
-
-        if isinstance(row.section_id, bool) or not isinstance(row.section_id, int):
-            raise TypeError(f"section_id must be an int, got {type(row.section_id).__name__}")
-        raw_stamp: Any = row.updated_at
-        if isinstance(raw_stamp, dt.datetime):
-            updated_at = raw_stamp
-        elif isinstance(raw_stamp, str):
-            updated_at = dt.datetime.fromisoformat(raw_stamp)
-        else:
-            raise TypeError(f"updated_at must be an ISO-8601 string, got {type(raw_stamp).__name__}")
-        if updated_at.tzinfo is None:
-            # Rows are stamped in UTC; a naive stamp would otherwise take the session's time zone.
-            updated_at = updated_at.replace(tzinfo=dt.timezone.utc)
-        embedding = self._as_float32(row.embedding)
-        if embedding.ndim != 1:
-            raise ValueError(f"embedding must be one-dimensional, got shape {embedding.shape}")
-        # Explicit int widths: psycopg would otherwise pick int2/int4/int8 per value,
-        # changing the statement's parameter types (and defeating prepared statements).
-        return (
-            Int8(row.section_id),
-            row.title,
-            embedding,
-            row.model,
-            row.content_hash,
-            None if row.token_count is None else Int4(row.token_count),
-            updated_at,
-        )
-
-    def _upsert_tail(self) -> str:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "section_id")
-        return f"on conflict (section_id) do update set {updates}"
-
-    def _insert_sql(self, nrows: int, *, raw: bool = False) -> bytes:
-        """``insert ... values (...), ... on conflict`` for `nrows` rows (cached).
-
-        `raw` spells the placeholders ``$1, $2, ...`` for a `psycopg.RawCursor`,
-        else ``%b`` (binary) for a normal cursor.
-        """
-        key = ("raw" if raw else "values", nrows)
-        sql = self._statements.get(key)
+    def _statement(self, kind: str) -> bytes:
+        """`upsert_sql` for this table, built once per kind."""
+        sql = self._statements.get(kind)
         if sql is None:
-            width = len(_COLUMNS)
-            if raw:
-                groups = ["(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(nrows)]
-            else:
-                groups = ["(" + ", ".join(["%b"] * width) + ")"] * nrows
-            sql = (
-                f"insert into {self.table} ({', '.join(_COLUMNS)}) values "
-                + ", ".join(groups)
-                + " "
-                + self._upsert_tail()
-            ).encode()
-            self._statements[key] = sql
+            sql = self._statements[kind] = upsert_sql(self.table, kind)
         return sql
 
-    def _write_values(self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[Any, ...]]) -> None:
-        params = [value for row in chunk for value in row]
-        # RawCursor: psycopg does not parse (nor cache) a statement this long, and
-        # parsing 3,500 %b placeholders per chunk costs more than sending it. Its
-        # placeholders take the last registered dumper, pgvector's binary one.
-        with self._psycopg.RawCursor(conn) as cur:
-            cur.execute(self._insert_sql(len(chunk), raw=True), params)
-
-    def _write_unnest(self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[Any, ...]]) -> None:
-        # One binary array per column, unnested server side: 7 parameters per chunk.
-        columns = [list(values) for values in zip(*chunk, strict=True)]
-        cols = ", ".join(_COLUMNS)
-        conn.execute(
-            f"insert into {self.table} ({cols}) select * from unnest("
-            "%b::int8[], %b::text[], %b::vector[], %b::text[], %b::text[], %b::int4[], %b::timestamptz[]) "
-            + self._upsert_tail(),
-            columns,
-        )
-
-    def _write_executemany(self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[Any, ...]]) -> None:
-        # psycopg runs executemany in pipeline mode (one round trip for the batch).
-        with conn.cursor() as cur:
-            cur.executemany(self._insert_sql(1), chunk)
-
-    def _write_copy(self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[Any, ...]]) -> None:
-        stage = f"pg_temp.{self.table}_stage"
-        # In the chunk's transaction: a failed chunk rolls the creation back, so
-        # "if not exists" on every chunk rather than a flag. Every commit empties it.
-        conn.execute(
-            f"create temp table if not exists {self.table}_stage "
-            f"(like {self.table} including defaults) on commit delete rows"
-        )
-        cols = ", ".join(_COLUMNS)
-        with conn.cursor() as cur:
-            with cur.copy(f"copy {stage} ({cols}) from stdin (format binary)") as copy:
-                copy.set_types(list(_COPY_TYPES))
-                for row in chunk:
-                    copy.write_row(row)
-            cur.execute(f"insert into {self.table} ({cols}) select {cols} from {stage} {self._upsert_tail()}")
+    def _write_chunk(self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert one chunk in one statement, one binary array per column (the caller holds the transaction)."""
+        conn.execute(self._statement("unnest"), [list(values) for values in zip(*chunk, strict=True)])
 
     def _write_one_by_one(
         self, conn: psycopg.Connection[Any], chunk: Sequence[tuple[int, tuple[Any, ...]]]
     ) -> dict[int, str]:
         """Upsert rows one at a time, each under a savepoint; `{id: reason}` for refused rows."""
         failures: dict[int, str] = {}
-        sql = self._insert_sql(1)
+        sql = self._statement("row")
         with conn.transaction():
             for section_id, params in chunk:
                 try:
@@ -611,22 +463,4 @@ class PostgresStore(SectionStore):
 
     def _reason(self, exc: Any) -> str:
         """The database's reason for refusing one row, naming the column when it can."""
-        diag = getattr(exc, "diag", None)
-        message = (getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]).strip()
-        context = getattr(diag, "context", None) or ""
-        column = re.search(r"parameter \$(\d+)", context)
-        if column and 1 <= int(column.group(1)) <= len(_COLUMNS):
-            message += f" (column {_COLUMNS[int(column.group(1)) - 1]})"
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate:
-            message += f" [SQLSTATE {sqlstate}]"
-        return scrub_secret(message, self._dsn)
-
-
-# The measured candidates (module doc); `PostgresStore._write_path` picks one ("unnest").
-_WRITE_PATHS: dict[str, Callable[[PostgresStore, Any, Sequence[tuple[Any, ...]]], None]] = {
-    "values": PostgresStore._write_values,
-    "executemany": PostgresStore._write_executemany,
-    "copy": PostgresStore._write_copy,
-    "unnest": PostgresStore._write_unnest,
-}
+        return scrub_dsn(refusal_reason(exc), self._dsn)

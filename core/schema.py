@@ -21,6 +21,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, MissingDependencyError, StoreError
+from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MODEL_DIMENSIONS
+from .secrets import redact_dsn, scrub_dsn
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,15 +35,15 @@ __all__ = [
     "apply_schema",
     "apply_schema_sql",
     "index_name",
+    "indexable",
     "render_index",
     "render_schema",
     "validate_dimensions",
     "validate_identifier",
 ]
 
-DEFAULT_TABLE = "section_embeddings"
-DEFAULT_DIMENSIONS = 1536
-DEFAULT_MATCH_FUNCTION = "match_sections"
+DEFAULT_DIMENSIONS = MODEL_DIMENSIONS[DEFAULT_MODEL]
+"""Vector size of the default model (the table's, unless told otherwise)."""
 
 MAX_DIMENSIONS = 16000
 """pgvector's limit for a `vector` column."""
@@ -138,6 +140,11 @@ def index_name(table: str) -> str:
     # table names that share a prefix from colliding.
     digest = hashlib.sha1(table.encode()).hexdigest()[:8]
     return f"{table[: 63 - len(suffix) - 9]}_{digest}{suffix}"
+
+
+def indexable(dimensions: int) -> bool:
+    """True when pgvector can build an HNSW index on vectors of this size (up to 4,000, as halfvec)."""
+    return validate_dimensions(dimensions) <= _MAX_HALFVEC_INDEX_DIMENSIONS
 
 
 def _index_parts(table: str, dimensions: int) -> dict[str, str]:
@@ -308,13 +315,10 @@ def apply_schema(
     """
     sql = render_schema(table=table, dimensions=dimensions, match_function=match_function, with_index=with_index)
     psycopg = _import_psycopg("apply_schema")
-    # Imported here: postgres_store imports this module.
-    from .postgres_store import redact_dsn, scrub_secret
-
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
             apply_schema_sql(conn, sql, table=table)
     except psycopg.Error as exc:
         message = f"could not apply the schema for table {table!r} on {redact_dsn(dsn)}: {str(exc).strip()}"
         # from None: the driver's own exception may quote the connection string.
-        raise StoreError(scrub_secret(message, dsn)) from None
+        raise StoreError(scrub_dsn(message, dsn)) from None

@@ -1,0 +1,83 @@
+"""How a `Row` travels to PostgreSQL: typed binary parameters, the upsert statements, and the
+database's reason when it refuses one row. Used by `PostgresStore` (and the write-path benchmark)."""
+
+from __future__ import annotations
+
+import array
+import datetime as dt
+import re
+from typing import Any
+
+from .rows import Row
+
+__all__ = ["COLUMNS", "as_float32", "refusal_reason", "row_params", "upsert_sql"]
+
+COLUMNS = ("section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at")
+"""The table's columns, in the order every write sends them."""
+
+_UNNEST = (
+    "select * from unnest(%b::int8[], %b::text[], %b::vector[], %b::text[], %b::text[], %b::int4[], %b::timestamptz[])"
+)
+
+
+def as_float32(numpy: Any, vector: Any) -> Any:
+    """`vector` as a float32 numpy array (zero copy from an ``array('f')``)."""
+    if isinstance(vector, array.array) and vector.typecode == "f":
+        return numpy.frombuffer(vector, dtype=numpy.float32)
+    return numpy.asarray(vector, dtype=numpy.float32)
+
+
+def row_params(numpy: Any, row: Row) -> tuple[Any, ...]:
+    """One row as typed parameters for the binary protocol, in `COLUMNS` order.
+
+    Raises:
+        TypeError, ValueError: If a field cannot be converted (the row fails alone).
+    """
+    from psycopg.types.numeric import Int4, Int8
+
+    if isinstance(row.section_id, bool) or not isinstance(row.section_id, int):
+        raise TypeError(f"section_id must be an int, got {type(row.section_id).__name__}")
+    raw_stamp: Any = row.updated_at
+    if isinstance(raw_stamp, dt.datetime):
+        updated_at = raw_stamp
+    elif isinstance(raw_stamp, str):
+        updated_at = dt.datetime.fromisoformat(raw_stamp)
+    else:
+        raise TypeError(f"updated_at must be an ISO-8601 string, got {type(raw_stamp).__name__}")
+    if updated_at.tzinfo is None:
+        # Rows are stamped in UTC; a naive stamp would otherwise take the session's time zone.
+        updated_at = updated_at.replace(tzinfo=dt.timezone.utc)
+    embedding = as_float32(numpy, row.embedding)
+    if embedding.ndim != 1:
+        raise ValueError(f"embedding must be one-dimensional, got shape {embedding.shape}")
+    # Explicit int widths: psycopg would otherwise pick int2/int4/int8 per value,
+    # changing the statement's parameter types (and defeating prepared statements).
+    token_count = None if row.token_count is None else Int4(row.token_count)
+    return (Int8(row.section_id), row.title, embedding, row.model, row.content_hash, token_count, updated_at)
+
+
+def upsert_tail() -> str:
+    """``on conflict (section_id) do update set`` every other column."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "section_id")
+    return f"on conflict (section_id) do update set {updates}"
+
+
+def upsert_sql(table: str, kind: str) -> bytes:
+    """The upsert of a chunk as one binary array per column (``"unnest"``: 7 parameters whatever
+    the chunk's size), or of one row (``"row"``), with ``%b`` (binary) placeholders."""
+    source = _UNNEST if kind == "unnest" else "values (" + ", ".join(["%b"] * len(COLUMNS)) + ")"
+    return f"insert into {table} ({', '.join(COLUMNS)}) {source} {upsert_tail()}".encode()
+
+
+def refusal_reason(exc: Any) -> str:
+    """The database's reason for refusing one row, naming the column when it can (not yet scrubbed)."""
+    diag = getattr(exc, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]).strip()
+    context = getattr(diag, "context", None) or ""
+    column = re.search(r"parameter \$(\d+)", context)
+    if column and 1 <= int(column.group(1)) <= len(COLUMNS):
+        message += f" (column {COLUMNS[int(column.group(1)) - 1]})"
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        message += f" [SQLSTATE {sqlstate}]"
+    return message
