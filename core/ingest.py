@@ -19,14 +19,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, CoreError, StoreError
+from .limits import INGEST_WINDOW, model_dimensions
 from .rows import Row
 
-__all__ = ["SectionStore", "IngestProgress", "section_text", "content_hash", "validate_section"]
+__all__ = [
+    "SectionStore",
+    "IngestProgress",
+    "IngestInterrupted",
+    "section_text",
+    "content_hash",
+    "validate_section",
+]
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
-DEFAULT_WINDOW = 8192
-"""Sections embedded and written per window: bounds memory on any corpus size."""
+DEFAULT_WINDOW = INGEST_WINDOW
 HASH_LOOKUP_CHUNK = 500
 """Ids per stored-hash lookup (keeps PostgREST's `in.(...)` URL well under limits)."""
 
@@ -86,14 +93,40 @@ class IngestProgress:
         return self.stored + self.skipped + self.failed
 
 
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal turned into it) stopped an ingest; `report` says exactly what was stored.
+
+    Requests not yet sent were cancelled; rows written before the interrupt stay
+    written (vectors are stored as their requests complete, not window by window).
+    """
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(f"interrupted after storing {report['success_count']} sections")
+        self.report = report
+
+
 @dataclass
 class _Outcome:
     failures: list[dict[str, Any]] = field(default_factory=list)
     skipped_ids: list[int] = field(default_factory=list)
 
-    def fail(self, index: int, section_id: Any, reason: str, progress: IngestProgress) -> None:
-        self.failures.append({"index": index, "id": section_id, "reason": reason})
+    def fail(self, index: int, section_id: Any, code: str, reason: str, progress: IngestProgress) -> None:
+        self.failures.append({"index": index, "id": section_id, "code": code, "reason": reason})
         progress.failed += 1
+
+    def report(self, counters: IngestProgress) -> dict[str, Any]:
+        # Validation failures are found before embedding and store failures:
+        # put them back in input order, as documented.
+        failures = sorted(self.failures, key=lambda failure: failure["index"])
+        return {
+            "success_count": counters.stored,
+            "failed_count": counters.failed,
+            "skipped_count": counters.skipped,
+            "total_tokens": counters.tokens,
+            "failed_ids": [failure["id"] for failure in failures],
+            "failures": failures,
+            "skipped_ids": self.skipped_ids,
+        }
 
 
 class SectionStore(abc.ABC):
@@ -121,6 +154,12 @@ class SectionStore(abc.ABC):
         self, vector: Sequence[float], k: int = 5, threshold: float | None = None
     ) -> list[dict[str, Any]]:
         """Nearest rows: dicts with `section_id`, `title`, `similarity`, best first."""
+
+    def preflight(self, dimensions: int | None) -> None:
+        """Check, before anything is paid for, that rows of `dimensions` can be stored.
+
+        Stores override this (reachable? table there? vector width?); raise `StoreError`.
+        """
 
     def _timestamp(self) -> str:
         """`updated_at` for rows written now (stores may override the clock)."""
@@ -172,26 +211,23 @@ class SectionStore(abc.ABC):
         seen_ids: dict[int, int] = {}
         iterator = iter(sections)
         offset = 0
-        while True:
-            chunk = list(itertools.islice(iterator, window))
-            if not chunk:
-                break
-            self._ingest_window(
-                chunk, offset, embedding_service, batch_size, skip_unchanged, seen_ids, counters, outcome, progress
-            )
-            offset += len(chunk)
-        # Within a window, validation failures are found before embedding and store
-        # failures: put them back in input order, as documented.
-        failures = sorted(outcome.failures, key=lambda failure: failure["index"])
-        return {
-            "success_count": counters.stored,
-            "failed_count": counters.failed,
-            "skipped_count": counters.skipped,
-            "total_tokens": counters.tokens,
-            "failed_ids": [failure["id"] for failure in failures],
-            "failures": failures,
-            "skipped_ids": outcome.skipped_ids,
-        }
+        state = {"checked": False}
+        try:
+            while True:
+                chunk = list(itertools.islice(iterator, window))
+                if not chunk:
+                    break
+                self._ingest_window(
+                    chunk, offset, embedding_service, batch_size, skip_unchanged, seen_ids, counters, outcome,
+                    progress, state,
+                )
+                offset += len(chunk)
+        except KeyboardInterrupt:
+            raise IngestInterrupted(outcome.report(counters)) from None
+        except CoreError as exc:  # a run-stopping error (endpoint, store): still say what was stored
+            exc.report = outcome.report(counters)  # type: ignore[attr-defined]
+            raise
+        return outcome.report(counters)
 
     def _ingest_window(
         self,
@@ -204,6 +240,7 @@ class SectionStore(abc.ABC):
         counters: IngestProgress,
         outcome: _Outcome,
         progress: Callable[[IngestProgress], None] | None,
+        state: dict[str, bool],
     ) -> None:
         counters.seen += len(chunk)
         model = str(getattr(service, "model", ""))
@@ -213,24 +250,33 @@ class SectionStore(abc.ABC):
             index = offset + position
             problem = validate_section(section)
             section_id = section.get("id") if isinstance(section, Mapping) else None
+            code = "invalid_section"
             if problem is None and section_id in seen_ids:
-                problem = f"duplicate id (first seen at index {seen_ids[section_id]})"
+                problem, code = f"duplicate id (first seen at index {seen_ids[section_id]})", "duplicate_id"
             if problem is not None:
-                outcome.fail(index, section_id if _hashable(section_id) else None, problem, counters)
+                outcome.fail(index, section_id if _hashable(section_id) else None, code, problem, counters)
                 continue
             seen_ids[section_id] = index
             text = section_text(section["title"], section["content"])
             pending.append((index, section_id, section["title"], text, content_hash(text)))
 
-        # 2. Skip what is already stored unchanged (one lookup per chunk of ids).
+        # 2. Before the first paid request: can rows of this width be stored at all?
+        if pending and not state["checked"]:
+            self.preflight(model_dimensions(model, getattr(service, "dimensions", None)))
+            state["checked"] = True
+
+        # 3. Skip what is already stored unchanged (one lookup per chunk of ids). A store
+        # that cannot answer stops the run here, before paying to embed what it may hold.
         if skip_unchanged and pending:
             stored: dict[int, tuple[str, str]] = {}
             ids = [item[1] for item in pending]
             try:
                 for start in range(0, len(ids), HASH_LOOKUP_CHUNK):
                     stored.update(self.fetch_hashes(ids[start : start + HASH_LOOKUP_CHUNK]))
-            except Exception:
-                stored = {}  # cannot tell what is stored: re-embedding is safe, skipping is not
+            except CoreError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"cannot read which sections are stored in {self.table!r}: {exc}") from None
             kept = []
             for item in pending:
                 if stored.get(item[1]) == (item[4], model):
@@ -243,30 +289,31 @@ class SectionStore(abc.ABC):
         if not pending:
             return
 
-        # 3. Embed.
-        vectors, errors, token_counts = self._embed(service, [item[3] for item in pending], batch_size, counters, progress)
-
-        # 4. Write one row per vector; a section counts as stored only if its own row was.
+        # 4. Embed, and write each request's rows as soon as it is back: embedding and
+        # writing overlap, and an interrupt loses at most the requests in flight.
         updated_at = self._timestamp()
-        rows: list[Row] = []
-        for position, (index, section_id, title, _text, digest) in enumerate(pending):
-            if position not in vectors:
-                outcome.fail(index, section_id, f"embedding failed: {errors.get(position, 'no vector')}", counters)
-                continue
-            rows.append(
-                Row(section_id, title, vectors[position], model, digest, token_counts[position], updated_at)
-            )
-        _notify(progress, counters)
-        if not rows:
-            return
-        failures = self.write_rows(rows)
-        index_of = {item[1]: item[0] for item in pending}
-        for row in rows:
-            if row.section_id in failures:
-                outcome.fail(index_of[row.section_id], row.section_id, f"store failed: {failures[row.section_id]}", counters)
-            else:
-                counters.stored += 1
-        _notify(progress, counters)
+
+        def write(positions: list[int], vectors: dict[int, Any], errors: dict[int, str], tokens: list[int]) -> None:
+            rows: list[Row] = []
+            for position in positions:
+                index, section_id, title, _text, digest = pending[position]
+                if position not in vectors:
+                    reason = f"embedding failed: {errors.get(position, 'no vector')}"
+                    outcome.fail(index, section_id, "embedding_failed", reason, counters)
+                    continue
+                rows.append(Row(section_id, title, vectors[position], model, digest, tokens[position], updated_at))
+            if rows:
+                failures = self.write_rows(rows)
+                index_of = {pending[p][1]: pending[p][0] for p in positions}
+                for row in rows:
+                    if row.section_id in failures:
+                        reason = f"store failed: {failures[row.section_id]}"
+                        outcome.fail(index_of[row.section_id], row.section_id, "store_failed", reason, counters)
+                    else:
+                        counters.stored += 1
+            _notify(progress, counters)
+
+        self._embed(service, [item[3] for item in pending], batch_size, counters, progress, write)
 
     @staticmethod
     def _embed(
@@ -275,35 +322,52 @@ class SectionStore(abc.ABC):
         batch_size: int,
         counters: IngestProgress,
         progress: Callable[[IngestProgress], None] | None,
-    ) -> tuple[dict[int, Any], dict[int, str], list[int]]:
-        """Vectors by position, reasons by position, token counts — from `embed` or the seed API."""
+        write: Callable[[list[int], dict[int, Any], dict[int, str], list[int]], None],
+    ) -> None:
+        """Embed `texts`, calling `write(positions, vectors, errors, token_counts)` as results arrive.
+
+        With an `EmbeddingService` (anything with `embed`), per request as it completes;
+        with any other object offering the seed's `batch_generate_embeddings`, once.
+        """
         if hasattr(service, "embed"):
+            written: set[int] = set()
 
             def on_request(inputs: int, tokens: int) -> None:
                 counters.embedded_inputs += inputs
                 counters.embed_requests += 1
                 _notify(progress, counters)
 
-            batch = service.embed(texts, max_batch_size=batch_size, progress=on_request)
+            def on_vectors(positions: list[int], batch: Any) -> None:
+                written.update(positions)
+                write(positions, batch.vectors, batch.errors, batch.token_counts)
+
+            batch = service.embed(texts, max_batch_size=batch_size, progress=on_request, on_vectors=on_vectors)
             counters.tokens += batch.total_tokens
-            return batch.vectors, batch.errors, batch.token_counts
+            # Inputs that never reached a request (invalid, too long) fail here.
+            rest = [p for p in range(len(texts)) if p not in written]
+            if rest:
+                write(rest, batch.vectors, batch.errors, batch.token_counts)
+            return
         # Any object with the seed's `batch_generate_embeddings` works too.
+        everything = list(range(len(texts)))
         try:
             result = service.batch_generate_embeddings(texts, max_batch_size=batch_size)
         except Exception as exc:  # every input failed
             reason = f"{type(exc).__name__}: {exc}"
-            return {}, {i: reason for i in range(len(texts))}, [0] * len(texts)
+            write(everything, {}, {i: reason for i in everything}, [0] * len(texts))
+            return
         failed = set(result.get("failed_indices", []))
-        indices = result.get("indices") or [i for i in range(len(texts)) if i not in failed]
+        indices = result.get("indices") or [i for i in everything if i not in failed]
         embeddings = list(result.get("embeddings", []))
         counters.tokens += int(result.get("total_tokens", 0))
         if len(embeddings) != len(indices):
             # Pairing them in order would store vectors under the wrong sections.
             reason = f"service returned {len(embeddings)} vectors for {len(indices)} inputs; cannot tell which is whose"
-            return {}, {i: reason for i in range(len(texts))}, [0] * len(texts)
+            write(everything, {}, {i: reason for i in everything}, [0] * len(texts))
+            return
         vectors = {i: array.array("f", v) for i, v in zip(indices, embeddings)}
-        errors = {i: str(result.get("errors", {}).get(i, "failed")) for i in range(len(texts)) if i not in vectors}
-        return vectors, errors, [0] * len(texts)
+        errors = {i: str(result.get("errors", {}).get(i, "failed")) for i in everything if i not in vectors}
+        write(everything, vectors, errors, [0] * len(texts))
 
     # --- search --------------------------------------------------------------------------
 

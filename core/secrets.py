@@ -61,9 +61,20 @@ def dsn_passwords(dsn: str) -> list[str]:
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
+_PUBLIC_KEYS = ("user", "host", "hostaddr", "port", "dbname")
+
+
 def _public_parts(dsn: str) -> set[str]:
-    """The words a DSN shows openly (scheme, user, host, port, database) once its password is masked."""
-    return set(re.findall(r"[A-Za-z0-9_.\-]+", redact_dsn(dsn)))
+    """The connection's parsed user, host, port and database name: shown openly anyway."""
+    if _is_uri(dsn):
+        try:
+            parts = urllib.parse.urlsplit(dsn.strip())
+            values = [parts.username, parts.hostname, str(parts.port or ""), parts.path.lstrip("/")]
+        except ValueError:  # a malformed URI: nothing counts as public
+            return set()
+        return {urllib.parse.unquote(v) for v in values if v}
+    pairs = re.findall(r"\b(\w+)\s*=\s*('(?:\\.|[^'\\])*'|\S*)", dsn)
+    return {value.strip("'") for key, value in pairs if key.lower() in _PUBLIC_KEYS and value}
 
 
 def scrub_dsn(text: str, dsn: str) -> str:

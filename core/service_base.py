@@ -217,6 +217,9 @@ class EmbeddingServiceBase:
             plan.fail(request, str(outcome), code="endpoint")
             plan.cancel("not sent: the endpoint is unusable")
             plan.batch.last_error = outcome
+            outcome.failures = dict(plan.batch.errors)
+            # Raised in the SDK error's `except`: drop that link, the SDK error may echo the key.
+            outcome.__context__ = outcome.__cause__ = None
             raise outcome
         if isinstance(outcome, RequestTooLargeError):
             budget = self.limiter.tokens.capacity

@@ -26,6 +26,7 @@ from fakes import FakeClock
 
 import core.embedding_service as es
 from core.engine.decode import to_float32
+from core.engine.output import format_vectors
 from core.embedding_service import EmbeddingBatch, EmbeddingService
 from core.limits import model_dimensions
 from core.secrets import redact
@@ -35,6 +36,7 @@ from core.errors import (
     CoreError,
     EmbeddingAPIError,
     EmptyInputError,
+    EndpointError,
     InputTooLongError,
     InvalidInputError,
     InvalidInputTypeError,
@@ -514,10 +516,37 @@ def test_transient_status_is_retried_after_backoff(status):
 
 @pytest.mark.parametrize("make_error", [timeout_error, connection_error])
 def test_timeouts_and_connection_errors_are_retried(make_error):
-    service, client, clock = make(FakeClient(outcomes=[make_error(), make_error()]))
+    """Once the endpoint has answered, a timeout or dropped connection is a blip: retried."""
+    service, client, clock = make(FakeClient(outcomes=[None, make_error(), make_error()]))
+    service.generate_embedding("warm-up")
     assert service.generate_embedding("a") == vec_for("a")
-    assert len(client.calls) == 3
+    assert len(client.calls) == 4
     assert clock.sleeps == [0.5, 1.0]
+
+
+def test_first_request_timeout_is_still_retried():
+    """A timeout says nothing about the URL: even before any answer it is retried."""
+    service, client, clock = make(FakeClient(outcomes=[timeout_error()]))
+    assert service.generate_embedding("a") == vec_for("a")
+    assert len(client.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "make_error",
+    [connection_error, lambda: status_error(401), lambda: status_error(403), lambda: status_error(404)],
+    ids=["refused", "401", "403", "404"],
+)
+def test_unusable_endpoint_stops_at_the_first_request(make_error):
+    """Issue #8 (7): a wrong port, a URL without /v1 or a bad key made every section 'failed'
+    after ~27 s of retries. Before the endpoint has ever answered, such an error stops the
+    run at once: one call, no sleep, an `EndpointError` naming the URL (no key), nothing
+    else sent."""
+    service, client, clock = make(FakeClient(outcomes=[make_error()]), max_concurrency=1, max_batch_size=1)
+    with pytest.raises(EndpointError) as info:
+        service.embed(["a", "b", "c"])
+    assert len(client.calls) == 1 and clock.sleeps == []
+    assert "cannot be used" in str(info.value) and "test-key" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is None
 
 
 @pytest.mark.parametrize(
@@ -563,8 +592,9 @@ def test_insufficient_quota_is_not_retried():
         message="Error code: 429 - You exceeded your current quota",
     )
     service, client, clock = make(FakeClient(outcomes=[quota]))
-    with pytest.raises(AllRequestsFailedError) as info:
+    with pytest.raises(AllRequestsFailedError) as info:  # an EndpointError: the account is out of quota
         service.batch_generate_embeddings(["a", "b"])
+    assert isinstance(info.value, EndpointError)
     assert len(client.calls) == 1
     assert clock.sleeps == []
     assert info.value.code == "insufficient_quota"
@@ -574,11 +604,13 @@ def test_insufficient_quota_is_not_retried():
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_client_errors_are_not_retried(status):
-    service, client, clock = make(FakeClient(outcomes=[status_error(status)]))
+    """After the endpoint has answered once, a 4xx fails its own request alone."""
+    service, client, clock = make(FakeClient(outcomes=[None, status_error(status)]))
+    service.embed(["warm-up"])
     batch = service.embed(["a"])
     assert batch.failed_indices == [0]
     assert batch.errors[0].startswith(f"HTTP {status}")
-    assert len(client.calls) == 1 and clock.sleeps == []
+    assert len(client.calls) == 2 and clock.sleeps == []
 
 
 def test_plain_exception_is_not_retried():
@@ -607,7 +639,9 @@ def test_exhausted_retries_report_status_and_request_id():
     batch = service.embed(["a", "b"])
     assert batch.indices == [1]
     assert batch.errors[0] == "HTTP 503: The server is overloaded (request_id=req_2)"
-    assert batch.last_error is errors[-1]
+    # Kept sanitized (issue #8 (3)): status and request id, never the raw SDK exception.
+    assert isinstance(batch.last_error, EmbeddingAPIError) and batch.last_error is not errors[-1]
+    assert (batch.last_error.status_code, batch.last_error.request_id) == (503, "req_2")
 
 
 def test_all_requests_failed_error_is_chained_and_carries_details():
@@ -618,7 +652,9 @@ def test_all_requests_failed_error_is_chained_and_carries_details():
     exc = info.value
     assert isinstance(exc, RuntimeError) and isinstance(exc, EmbeddingAPIError)
     assert str(exc).startswith("Failed to generate any embeddings")
-    assert exc.__cause__ is errors[-1]
+    # Chained to a sanitized stand-in, not the SDK's exception (which may echo the key).
+    assert isinstance(exc.__cause__, EmbeddingAPIError) and exc.__cause__.request_id == "req_2"
+    assert exc.__cause__.__cause__ is None and exc.__cause__.__context__ is None
     assert exc.status_code == 500
     assert exc.request_id == "req_2"
     assert set(exc.failures) == {0, 1}
@@ -635,10 +671,11 @@ def test_all_inputs_too_long_raise_all_requests_failed_without_a_cause():
 
 def test_generate_embedding_raises_chained_api_error():
     error = status_error(401, headers={"x-request-id": "req_auth"}, message="bad auth")
-    service, _, _ = make(FakeClient(outcomes=[error]))
+    service, _, _ = make(FakeClient(outcomes=[None, error]))
+    service.generate_embedding("warm-up")  # the endpoint answered once: a 401 now is this request's
     with pytest.raises(EmbeddingAPIError, match="Failed to generate embedding: HTTP 401") as info:
         service.generate_embedding("a")
-    assert info.value.__cause__ is error
+    assert isinstance(info.value.__cause__, EmbeddingAPIError) and info.value.__cause__ is not error
     assert (info.value.status_code, info.value.request_id) == (401, "req_auth")
     with pytest.raises(InvalidInputTypeError):
         service.generate_embedding(3)  # type: ignore[arg-type]
@@ -976,8 +1013,7 @@ def test_base64_byte_order_is_swapped_on_big_endian_hosts(monkeypatch):
 
 
 def test_numpy_output_of_nothing_has_the_right_width():
-    service, _, _ = make(output="numpy", dimensions=8)
-    assert service._format([]).shape == (0, 8)
+    assert format_vectors([], "numpy", 8).shape == (0, 8)
 
 
 def test_close_and_context_manager():

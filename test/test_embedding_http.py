@@ -14,6 +14,7 @@ import pytest
 
 from core import AllRequestsFailedError
 from core.embedding_service import EmbeddingService
+from core.errors import EndpointError
 from core.testing import expected_embedding
 from core.tokens import count_tokens
 
@@ -54,21 +55,33 @@ def test_base_url_and_key_from_environment(openai_env):
 
 
 def test_token_cap_is_never_exceeded(fake_openai):
-    """700 inputs of ~1000 tokens = ~700k tokens: three requests under 300,000 each, no 400."""
+    """700 inputs of ~1000 tokens = ~700k tokens: a small probe (<= 8,192 tokens, limits
+    unknown) then three requests under 300,000 each, no 400."""
     texts = [f"section {i} " + "lorem ipsum dolor sit amet " * 200 for i in range(700)]
     assert sum(count_tokens(t) for t in texts) > 600_000
     result = _service(fake_openai, max_concurrency=4).batch_generate_embeddings(texts)
     _assert_vectors(texts, result)
     stats = fake_openai.stats()
-    assert stats["by_status"] == {"200": 3}
+    assert stats["by_status"] == {"200": 4}
+    assert stats["log"][0][3] <= 8192  # the probe
     assert all(entry[3] <= 300_000 for entry in stats["log"])
 
 
 def test_2049_inputs_take_two_requests(fake_openai):
+    """The probe carries at most 8,192 tokens (here ~500 inputs), the rest fit in one request."""
     texts = _texts(2049, words=1)
     result = _service(fake_openai).batch_generate_embeddings(texts)
     assert len(result["embeddings"]) == 2049
-    assert sorted(entry[4] for entry in fake_openai.stats()["log"]) == [1, 2048]
+    log = fake_openai.stats()["log"]
+    assert len(log) == 2 and sum(entry[4] for entry in log) == 2049
+    assert log[0][3] <= 8192 and all(entry[4] <= 2048 for entry in log)
+
+
+def test_2049_short_texts_take_two_requests_of_2048_and_1(fake_openai):
+    """The seed's shape: 2048 short texts fit the probe's token allowance, so counts hold."""
+    texts = [f"text{i}" for i in range(2049)]
+    _service(fake_openai).batch_generate_embeddings(texts)
+    assert [entry[4] for entry in fake_openai.stats()["log"]] == [2048, 1]
 
 
 def test_overlong_input_fails_alone_and_is_never_sent(fake_openai):
@@ -124,22 +137,28 @@ def test_rate_limit_is_paced_and_learned_from_headers(fake_openai):
     _assert_vectors(texts, result)
     assert service.limiter.tokens.capacity == 6000  # learned from x-ratelimit-limit-tokens
     stats = fake_openai.stats()
-    assert stats["by_status"]["200"] == 12
-    assert stats["by_status"].get("429", 0) <= 3
+    # Once the budget is known, requests are packed to 1/8 of it (750 tokens) so
+    # several stay in flight; no request is above that but a lone input.
+    assert all(entry[3] <= 750 or entry[4] == 1 for entry in stats["log"][1:])
+    assert stats["by_status"]["200"] >= 12
+    assert stats["by_status"].get("429", 0) <= 0.1 * stats["by_status"]["200"]
     # Beyond the first full bucket the server refills 6,000 tokens/s: no faster is possible.
     assert elapsed >= (total - 6000) / 6000 * 0.9
 
 
 def test_insufficient_quota_is_not_retried(fake_openai):
+    """Out of quota on the first request: the endpoint is unusable, the run stops at once
+    (an `EndpointError`, still an `AllRequestsFailedError`/`RuntimeError` for the seed API)."""
     fake_openai.configure(quota_exhausted=True)
     service = _service(fake_openai)
-    with pytest.raises(AllRequestsFailedError, match="Failed to generate any embeddings") as info:
+    with pytest.raises(EndpointError, match="insufficient_quota") as info:
         service.batch_generate_embeddings(["a", "b"])
+    assert isinstance(info.value, AllRequestsFailedError)
+    assert fake_openai.stats()["requests"] == 1  # not retried, nothing else sent
     assert info.value.status_code == 429
     assert info.value.code == "insufficient_quota"
     assert isinstance(info.value, RuntimeError)
-    assert info.value.__cause__ is not None
-    assert fake_openai.stats()["requests"] == 1
+    assert info.value.__cause__ is None  # no raw SDK error chained (it may echo the key)
 
 
 def test_float_format_and_dimensions(fake_openai):

@@ -302,12 +302,6 @@ def test_password_never_in_repr_or_errors(pg_dsn: str) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.secrets.scrub_dsn spares a password that is also a word of the DSN itself; in this malformed "
-    "key=value DSN the password is repeated as a stray word, which libpq then quotes (fix in core.secrets: "
-    "public parts should be the parsed user/host/port/dbname, not every word of the redacted DSN)",
-)
 def test_password_never_in_errors_of_a_malformed_dsn() -> None:
     secret = "Sup3r-s3cret"
     malformed = PostgresStore(f"host=127.0.0.1 port=1 password={secret} {secret}")

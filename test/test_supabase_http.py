@@ -21,6 +21,8 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+
+from core.errors import StoreError
 import respx
 
 from core.ingest import content_hash, section_text
@@ -206,12 +208,16 @@ class TestUpsertRequest:
         assert sizes == [500, 500, 101]
 
     @pytest.mark.parametrize("status", [500, 400, 401])
-    def test_failing_lookup_re_embeds_everything(self, router, store, status):
+    def test_failing_lookup_stops_before_paying(self, router, store, status):
+        """Issue #8 (5): a lookup that fails used to be swallowed, so every section was
+        embedded (paid for) and then failed to store. Now the run stops before the first
+        embeddings request with a `StoreError` that carries the (empty) report."""
         table = Table(router, lookup=lambda request: postgrest_error(status, "XX000", "lookup broke"))
         service, api = make_service()
-        result = store.batch_ingest_embeddings(sections([1, 2]), service)
-        assert result["success_count"] == 2 and result["skipped_count"] == 0
-        assert table.get.call_count == 1 and table.post.call_count == 2
+        with pytest.raises(StoreError, match="lookup broke") as info:
+            store.batch_ingest_embeddings(sections([1, 2]), service)
+        assert api.inputs == [] and table.post.call_count == 0
+        assert info.value.report["success_count"] == 0
 
     def test_search_calls_the_match_rpc(self, router, sleeps):
         service, api = make_service()
@@ -247,7 +253,7 @@ class TestAnswers:
         result = store.batch_ingest_embeddings(sections([1, 2, 3]), service)
         assert result["success_count"] == 2 and result["failed_ids"] == [2]
         assert result["failures"] == [
-            {"index": 1, "id": 2, "reason": "store failed: 22P02: invalid input syntax for type vector"}
+            {"index": 1, "id": 2, "code": "store_failed", "reason": "store failed: 22P02: invalid input syntax for type vector"}
         ]
         assert table.attempts[2] == 1 and sleeps == []
         assert sorted(table.rows) == [1, 3]

@@ -30,7 +30,7 @@ import pytest
 from postgrest.exceptions import APIError
 
 from core.embedding_service import EmbeddingService
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, StoreError
 from core.ingest import HASH_LOOKUP_CHUNK, IngestProgress, SectionStore, content_hash, section_text
 from core.rows import Row, vector_literal
 from core.supabase_store import SupabaseStore
@@ -645,7 +645,10 @@ class TestIncremental:
         }
 
     @pytest.mark.parametrize("failing_chunk", [0, 1], ids=["first-chunk", "second-chunk"])
-    def test_failing_lookup_means_nothing_is_skipped(self, failing_chunk):
+    def test_failing_lookup_stops_the_run_with_what_was_stored(self, failing_chunk):
+        """Issue #8 (5): a lookup failure is no longer swallowed (that re-embedded, i.e. paid
+        for, sections the store may hold and then failed to store them): the run stops with a
+        `StoreError` whose report counts exactly what was stored before it."""
         fake = FakeSupabase()
         store = make_store(fake)
         service, api = make_service()
@@ -656,10 +659,10 @@ class TestIncremental:
         fake.select_fail = lambda ids: (
             httpx.ConnectError("connection refused") if next(seen) == failing_chunk else None
         )
-        result = store.batch_ingest_embeddings(secs, service)
-        assert result["skipped_count"] == 0 and result["success_count"] == 600
-        assert len(api.inputs) == 600
-        assert_accounted(result, 600)
+        with pytest.raises(StoreError, match="connection refused") as info:
+            store.batch_ingest_embeddings(secs, service)
+        assert api.calls == []  # nothing paid for
+        assert info.value.report["success_count"] == 0 and info.value.report["skipped_count"] == 0
 
     def test_fetch_hashes_ignores_malformed_records(self):
         client = MagicMock()

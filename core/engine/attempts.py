@@ -160,6 +160,8 @@ class Attempts:
         """One line on `exc`: status, code, the API's message, request id — redacted."""
         if exc is None:
             return "unknown error"
+        if isinstance(exc, EmbeddingAPIError):  # already ours: described (and redacted) when made
+            return self.redact(str(exc))
         status = error_status(exc)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         if status is not None:
@@ -168,8 +170,6 @@ class Attempts:
             text = f"HTTP {status}" + (f" {code}" if code else "") + f": {message}"
             if request_id:
                 text += f" (request_id={request_id})"
-        elif isinstance(exc, EmbeddingAPIError):
-            text = message
         else:
             text = f"{type(exc).__name__}: {message}"
         return self.redact(text)
