@@ -16,6 +16,7 @@ from .errors import (
     CoreError,
     EmbeddingAPIError,
     EmptyInputError,
+    EndpointError,
     InputTooLongError,
     InvalidInputError,
     InvalidInputTypeError,
@@ -25,8 +26,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .async_embedding_service import AsyncEmbeddingService
+    from .embedded import EmbeddedPostgres
     from .embedding_service import EmbeddingBatch, EmbeddingService
-    from .ingest import IngestProgress, SectionStore, section_text
+    from .ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
     from .postgres_store import PostgresStore
     from .rows import Row
     from .schema import render_schema
@@ -35,8 +38,11 @@ if TYPE_CHECKING:
 _LAZY = {
     "EmbeddingService": "embedding_service",
     "EmbeddingBatch": "embedding_service",
+    "AsyncEmbeddingService": "async_embedding_service",
+    "IngestInterrupted": "ingest",
     "SupabaseStore": "supabase_store",
     "PostgresStore": "postgres_store",
+    "EmbeddedPostgres": "embedded",
     "SectionStore": "ingest",
     "IngestProgress": "ingest",
     "section_text": "ingest",
@@ -46,9 +52,12 @@ _LAZY = {
 
 __all__ = [
     "EmbeddingService",
+    "AsyncEmbeddingService",
     "EmbeddingBatch",
+    "IngestInterrupted",
     "SupabaseStore",
     "PostgresStore",
+    "EmbeddedPostgres",
     "SectionStore",
     "IngestProgress",
     "Row",
@@ -59,6 +68,7 @@ __all__ = [
     "CoreError",
     "EmbeddingAPIError",
     "EmptyInputError",
+    "EndpointError",
     "InputTooLongError",
     "InvalidInputError",
     "InvalidInputTypeError",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from .retry import parse_duration
@@ -163,13 +163,19 @@ class RateLimiter:
             self.waited_seconds += waited
         return waited
 
-    async def acquire_async(self, tokens: int) -> float:
-        """`acquire` for an event loop: awaits instead of blocking (same budgets, same lock)."""
+    async def acquire_async(self, tokens: int, *, sleep: Callable[[float], Awaitable[None]] | None = None) -> float:
+        """`acquire` for an event loop: awaits instead of blocking (same budgets, same lock).
+
+        Args:
+            tokens: The request's tokens.
+            sleep: Async sleep (default `asyncio.sleep`; injectable for tests).
+        """
         import asyncio
 
+        sleep = sleep or asyncio.sleep
         waited = 0.0
         while (step := self.try_acquire(tokens)) > 0.0:
-            await asyncio.sleep(step)
+            await sleep(step)
             waited += step
         with self._lock:
             self.waited_seconds += waited

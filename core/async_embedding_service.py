@@ -1,0 +1,174 @@
+"""`AsyncEmbeddingService`: the embedding service for event loops (FastAPI, Starlette, async workers).
+
+The same contract, results, errors and limits as `EmbeddingService`, driven by the
+same engine core (`core.engine`: plan, attempts, decode) and the same retry loop
+(`core.retry`, async flavour); only the waiting differs: `AsyncOpenAI`, tasks and
+`asyncio.wait` instead of threads. One `RateLimiter` per service paces every
+concurrent call: 100 `generate_embedding` calls at once share one budget, and while
+the account's limits are unknown only one request (the probe) goes out first.
+
+Cancellation (`task.cancel()`, `asyncio.timeout`) cancels queued and in-flight
+requests at once and leaves no task running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+from .engine.plan import EmbeddingBatch, Request
+from .retry import acall_with_retries
+from .service_base import EmbeddingServiceBase, sent_at
+
+__all__ = ["AsyncEmbeddingService"]
+
+ProgressCallback = Callable[[int, int], None]
+VectorsCallback = Callable[[list[int], EmbeddingBatch], Any]
+"""May be a plain function or a coroutine function (awaited before the next request settles)."""
+
+PROBE_POLL_SECONDS = 0.005
+"""How often a request waiting for the probe's answer looks whether the limits are known."""
+
+
+class AsyncEmbeddingService(EmbeddingServiceBase):
+    __doc__ = (EmbeddingServiceBase.__doc__ or "") + """
+    Async: `sleep` is an async function (default `asyncio.sleep`); `client` an `AsyncOpenAI`.
+    """
+
+    def __init__(self, api_key: str | None = None, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kw: Any):
+        self._probe_owner: Request | None = None
+        super().__init__(api_key, sleep=sleep or asyncio.sleep, **kw)
+
+    def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
+        async def stamp(request: Any) -> None:
+            self._stamp_request(request)
+
+        async def observe(response: Any) -> None:
+            self._observe_response(response)
+
+        kwargs: dict[str, Any] = {
+            "api_key": api_key,
+            "max_retries": 0,  # retries and pacing are ours, as in the sync service
+            "timeout": timeout,
+            "http_client": DefaultAsyncHttpxClient(event_hooks={"request": [stamp], "response": [observe]}),
+        }
+        if base_url:
+            kwargs["base_url"] = base_url
+        return AsyncOpenAI(**kwargs)
+
+    # --- public API ------------------------------------------------------------------
+
+    async def generate_embedding(self, text: str) -> list[float]:
+        """The embedding of one text. Raises as `EmbeddingService.generate_embedding`."""
+        self._check_strict([text])
+        return self._single_result(await self.embed([text]))
+
+    async def batch_generate_embeddings(self, texts: Sequence[str], max_batch_size: int | None = None) -> dict[str, Any]:
+        """Embed many texts; same result and errors as `EmbeddingService.batch_generate_embeddings`."""
+        self._check_texts(texts)
+        return self._batch_result(texts, await self.embed(texts, max_batch_size=max_batch_size))
+
+    async def embed(
+        self,
+        texts: Sequence[Any],
+        *,
+        max_batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        on_vectors: VectorsCallback | None = None,
+    ) -> EmbeddingBatch:
+        """Embed `texts` and account for every index (see `EmbeddingService.embed`).
+
+        Raises:
+            EndpointError: The endpoint is unusable; nothing more is sent.
+            asyncio.CancelledError: Cancelled; every request of this call is cancelled too.
+        """
+        plan = self.plan(texts, max_batch_size=max_batch_size, probe=self._should_probe())
+        running: dict[asyncio.Task[Any], Request] = {}
+        try:
+            while True:
+                self._refresh(plan)
+                while len(running) < self.max_concurrency and (request := plan.next_request()) is not None:
+                    running[asyncio.ensure_future(self._outcome(request, plan.batch))] = request
+                if not running:
+                    break
+                timeout = PROBE_POLL_SECONDS if plan.probing else None
+                done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    request = running.pop(task)
+                    served = self._settle(plan, request, task.result())
+                    if progress is not None and served:
+                        progress(len(served), request.tokens)
+                    if on_vectors is not None and served:
+                        result = on_vectors(served, plan.batch)
+                        if asyncio.iscoroutine(result):
+                            await result
+        except BaseException:
+            plan.cancel()
+            for task in running:
+                task.cancel()
+            if running:  # wait for them to finish cancelling: no task outlives this call
+                await asyncio.wait(running)
+            raise
+        return plan.batch
+
+    async def aclose(self) -> None:
+        """Close the HTTP client's connections."""
+        close = getattr(self.client, "close", None)
+        if callable(close):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def __aenter__(self) -> AsyncEmbeddingService:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- one request -----------------------------------------------------------------
+
+    async def _wait_for_probe(self, request: Request) -> bool:
+        """Hold `request` while another request of this service probes the limits.
+
+        Returns whether `request` itself is the probe. Concurrent calls share one
+        service and so one probe: 100 single-text calls at once would otherwise go
+        out blind, together, and mostly come back 429.
+        """
+        while self.probe_limits and not self.limiter.probed:
+            if self._probe_owner is None:
+                self._probe_owner = request
+                return True
+            await self._sleep(PROBE_POLL_SECONDS)  # type: ignore[misc]
+        return False
+
+    async def _outcome(self, request: Request, batch: EmbeddingBatch) -> Any:
+        """(vectors, tokens used) for `request`, or the exception it failed with for good."""
+        attempts = self.attempts
+        kwargs = attempts.create_kwargs(request)
+        tries = [0]
+        probe = await self._wait_for_probe(request)
+
+        async def attempt() -> Any:
+            await self.limiter.acquire_async(request.tokens, sleep=self._sleep)  # type: ignore[arg-type]
+            attempts.count(batch, retry=tries[0] > 0)
+            tries[0] += 1
+            try:
+                response = await self.client.embeddings.create(**kwargs)
+            except Exception as exc:
+                attempts.on_error(exc, request, batch, sent_at=sent_at(getattr(exc, "response", None)))
+                raise
+            return attempts.read(response, request, batch)
+
+        try:
+            return await acall_with_retries(
+                attempt, attempts.policy, sleep=self._sleep, before_sleep=attempts.before_sleep  # type: ignore[arg-type]
+            )
+        except Exception as exc:  # accounted per index by _settle
+            return exc
+        finally:
+            if probe:
+                self.limiter.probed = True
+                self._probe_owner = None
