@@ -76,6 +76,8 @@ class ApiRequest:
     start: float
     """time.monotonic() on arrival."""
     request_id: str
+    query: dict[str, str] = field(default_factory=dict)
+    """The query string's parameters (first value of each)."""
 
 
 @dataclass
