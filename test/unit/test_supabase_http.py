@@ -3,9 +3,11 @@
 `SupabaseStore(url=..., key=...)` builds its client with supabase-py's
 `create_client`; supabase-py talks to PostgREST through httpx, which respx
 intercepts, so every request is checked as it would reach a Supabase project:
-method, path, query, headers, JSON body. Nothing leaves the process
-(`respx.mock` refuses any request no route matches), and no test sleeps: the
-store's retries sleep through an injected recorder.
+method, path, query, headers, JSON body. The answers come from `FakeSupabase`
+(test/support/fake_supabase.py, the suite's one Supabase fake) through its HTTP
+face (``fake.serve(router)``). Nothing leaves the process (`respx.mock` refuses
+any request no route matches), and no test sleeps: the store's retries sleep
+through an injected recorder.
 """
 
 from __future__ import annotations
@@ -13,26 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
-
-from core.errors import StoreError
 import respx
-
-from core.ingest import content_hash, section_text
-from core.rows import vector_literal
-from core.supabase_store import SupabaseStore
-from core.tokens import count_tokens
-from test_supabase_store_rows import (  # helpers only (no test classes), shared with the mocked-client tests
-    KEY,
+from fake_supabase import KEY, TABLE_PATH, URL, FakeSupabase, postgrest_error
+from store_helpers import (
     MODEL,
-    URL,
     assert_accounted,
     make_service,
     parse_literal,
@@ -40,7 +32,12 @@ from test_supabase_store_rows import (  # helpers only (no test classes), shared
     vector_for,
 )
 
-TABLE_PATH = "/rest/v1/section_embeddings"
+from core.errors import StoreError
+from core.ingest import content_hash, section_text
+from core.rows import vector_literal
+from core.supabase_store import SupabaseStore
+from core.tokens import count_tokens
+
 pytestmark = pytest.mark.filterwarnings(
     # supabase-py passes postgrest-py arguments it has itself deprecated
     "ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"
@@ -73,57 +70,10 @@ def ids_in(body: Any) -> list[int]:
     return [r["section_id"] for r in body] if isinstance(body, list) else [body["section_id"]]
 
 
-class Table:
-    """A PostgREST table behind respx: answers upserts with `answer(body, attempt)` and
-    hash lookups from what it stored."""
-
-    def __init__(self, router: respx.MockRouter, answer: Any = None, lookup: Any = None) -> None:
-        self.answer = answer or (lambda body, attempt: httpx.Response(201))
-        self.lookup = lookup
-        self.rows: dict[int, dict[str, Any]] = {}
-        self.attempts: dict[Any, int] = {}
-        self.lock = threading.Lock()
-        self.post = router.post(TABLE_PATH).mock(side_effect=self._upsert)
-        self.get = router.get(TABLE_PATH).mock(side_effect=self._select)
-
-    def _upsert(self, request: httpx.Request) -> httpx.Response:
-        body = body_of(request)
-        key = tuple(ids_in(body)) if isinstance(body, list) else body["section_id"]
-        with self.lock:
-            attempt = self.attempts.get(key, 0)
-            self.attempts[key] = attempt + 1
-        response = self.answer(body, attempt)
-        if response.status_code < 300:
-            with self.lock:
-                for row in body if isinstance(body, list) else [body]:
-                    self.rows[row["section_id"]] = row
-        return response
-
-    def _select(self, request: httpx.Request) -> httpx.Response:
-        if self.lookup is not None:
-            return self.lookup(request)
-        wanted = parse_in(request)
-        return httpx.Response(
-            200,
-            json=[
-                {"section_id": i, "content_hash": self.rows[i]["content_hash"], "model": self.rows[i]["model"]}
-                for i in wanted
-                if i in self.rows
-            ],
-        )
-
-    def bodies(self) -> list[Any]:
-        return [body_of(call.request) for call in self.post.calls]
-
-
 def parse_in(request: httpx.Request) -> list[int]:
     value = request.url.params["section_id"]
     assert value.startswith("in.(") and value.endswith(")"), value
     return [int(x) for x in value[4:-1].split(",")]
-
-
-def postgrest_error(status: int, code: str, message: str) -> httpx.Response:
-    return httpx.Response(status, json={"code": code, "details": None, "hint": None, "message": message})
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -131,15 +81,15 @@ def postgrest_error(status: int, code: str, message: str) -> httpx.Response:
 
 class TestUpsertRequest:
     def test_one_post_per_row_with_postgrest_headers_and_the_row_object(self, router, store):
-        table = Table(router)
+        fake = FakeSupabase().serve(router)
         service, api = make_service()
         secs = sections(range(1, 6))
         result = store.batch_ingest_embeddings(secs, service)
 
         assert result["success_count"] == 5 and result["failed_count"] == 0
-        assert table.post.call_count == 5
+        assert fake.upsert_route.call_count == 5
         by_id = {s["id"]: s for s in secs}
-        for call in table.post.calls:
+        for call in fake.upsert_route.calls:
             request = call.request
             assert request.method == "POST"
             assert request.url.path == TABLE_PATH
@@ -161,50 +111,41 @@ class TestUpsertRequest:
             assert body["content_hash"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
             assert body["token_count"] == count_tokens(text)
             assert body["updated_at"].endswith("+00:00")
-        assert sorted(table.rows) == [1, 2, 3, 4, 5]
-        assert len(api.inputs) == 5
+        assert sorted(fake.rows) == [1, 2, 3, 4, 5]
+        assert len(api.texts) == 5
 
     def test_hash_lookup_request_and_skip(self, router, store):
         secs = sections([1, 2, 3])
         text2 = section_text(secs[1]["title"], secs[1]["content"])
-        lookups: list[httpx.Request] = []
-
-        def lookup(request: httpx.Request) -> httpx.Response:
-            lookups.append(request)
-            return httpx.Response(
-                200,
-                json=[
-                    {"section_id": 2, "content_hash": content_hash(text2), "model": MODEL},
-                    {"section_id": 3, "content_hash": "0" * 64, "model": MODEL},  # changed since
-                ],
-            )
-
-        table = Table(router, lookup=lookup)
+        fake = FakeSupabase().serve(router)
+        fake.rows[2] = {"content_hash": content_hash(text2), "model": MODEL}
+        fake.rows[3] = {"content_hash": "0" * 64, "model": MODEL}  # changed since
         service, api = make_service()
         result = store.batch_ingest_embeddings(secs, service)
 
-        (request,) = lookups
+        (call,) = fake.select_route.calls
+        request = call.request
         assert request.method == "GET" and request.url.path == TABLE_PATH
         assert request.url.params["select"] == "section_id,content_hash,model"
         assert request.url.params["section_id"] == "in.(1,2,3)"
         assert parse_qs(request.url.query.decode())["section_id"] == ["in.(1,2,3)"]
         assert request.headers["apikey"] == KEY
         assert result["skipped_ids"] == [2] and result["success_count"] == 2
-        assert sorted(ids for b in table.bodies() for ids in ids_in(b)) == [1, 3]
-        assert text2 not in api.inputs
+        assert sorted(ids for b in fake.bodies() for ids in ids_in(b)) == [1, 3]
+        assert text2 not in api.texts
 
     def test_unchanged_rows_skipped_with_chunked_lookups(self, router, store):
-        table = Table(router)
+        fake = FakeSupabase().serve(router)
         service, api = make_service()
         secs = sections(range(1, 1102))
         for s in secs:  # stored by an earlier run
             text = section_text(s["title"], s["content"])
-            table.rows[s["id"]] = {"content_hash": content_hash(text), "model": MODEL}
+            fake.rows[s["id"]] = {"content_hash": content_hash(text), "model": MODEL}
 
         result = store.batch_ingest_embeddings(secs, service)
         assert result["skipped_count"] == 1101 and api.calls == []
-        assert table.post.call_count == 0
-        sizes = [len(parse_in(call.request)) for call in table.get.calls]
+        assert fake.upsert_route.call_count == 0
+        sizes = [len(parse_in(call.request)) for call in fake.select_route.calls]
         assert sizes == [500, 500, 101]
 
     @pytest.mark.parametrize("status", [500, 400, 401])
@@ -212,20 +153,20 @@ class TestUpsertRequest:
         """Issue #8 (5): a lookup that fails used to be swallowed, so every section was
         embedded (paid for) and then failed to store. Now the run stops before the first
         embeddings request with a `StoreError` that carries the (empty) report."""
-        table = Table(router, lookup=lambda request: postgrest_error(status, "XX000", "lookup broke"))
+        fake = FakeSupabase(select_fail=lambda ids: postgrest_error(status, "XX000", "lookup broke")).serve(router)
         service, api = make_service()
         with pytest.raises(StoreError, match="lookup broke") as info:
             store.batch_ingest_embeddings(sections([1, 2]), service)
-        assert api.inputs == [] and table.post.call_count == 0
+        assert api.texts == [] and fake.upsert_route.call_count == 0
         assert info.value.report["success_count"] == 0
 
     def test_search_calls_the_match_rpc(self, router, sleeps):
         service, api = make_service()
         store = SupabaseStore(url=URL, key=KEY, embedding_service=service, sleep=sleeps.append)
-        hits = [{"section_id": 4, "title": "Four", "similarity": 0.83}]
-        rpc = router.post("/rest/v1/rpc/match_sections").mock(return_value=httpx.Response(200, json=hits))
+        fake = FakeSupabase().serve(router)
+        hits = fake.rpc_data = [{"section_id": 4, "title": "Four", "similarity": 0.83}]
         assert store.search("where is four", k=3, threshold=0.5) == hits
-        request = rpc.calls.last.request
+        request = fake.rpc_route.calls.last.request
         assert request.url.path == "/rest/v1/rpc/match_sections"
         assert request.headers["Authorization"] == f"Bearer {KEY}"
         assert body_of(request) == {
@@ -233,9 +174,9 @@ class TestUpsertRequest:
             "match_count": 3,
             "match_threshold": 0.5,
         }
-        assert api.inputs == ["where is four"]
+        assert api.texts == ["where is four"]
         store.search("q")
-        assert body_of(rpc.calls.last.request)["match_threshold"] is None
+        assert body_of(fake.rpc_route.calls.last.request)["match_threshold"] is None
 
 
 # --- answers -------------------------------------------------------------------------------
@@ -248,15 +189,15 @@ class TestAnswers:
                 return postgrest_error(400, "22P02", "invalid input syntax for type vector")
             return httpx.Response(201)
 
-        table = Table(router, answer=answer)
+        fake = FakeSupabase(fail=answer).serve(router)
         service, _ = make_service()
         result = store.batch_ingest_embeddings(sections([1, 2, 3]), service)
         assert result["success_count"] == 2 and result["failed_ids"] == [2]
         assert result["failures"] == [
             {"index": 1, "id": 2, "code": "store_failed", "reason": "store failed: 22P02: invalid input syntax for type vector"}
         ]
-        assert table.attempts[2] == 1 and sleeps == []
-        assert sorted(table.rows) == [1, 3]
+        assert fake.attempts[2] == 1 and sleeps == []
+        assert sorted(fake.rows) == [1, 3]
 
     def test_409_unique_violation_not_retried(self, router, store, sleeps):
         def answer(body, attempt):
@@ -264,11 +205,11 @@ class TestAnswers:
                 return postgrest_error(409, "23505", 'duplicate key value violates unique constraint "uq_title"')
             return httpx.Response(201)
 
-        table = Table(router, answer=answer)
+        fake = FakeSupabase(fail=answer).serve(router)
         result = store.batch_ingest_embeddings(sections([1, 2]), make_service()[0])
         assert result["failed_ids"] == [1]
         assert result["failures"][0]["reason"].startswith("store failed: 23505: duplicate key value")
-        assert table.attempts[1] == 1 and sleeps == []
+        assert fake.attempts[1] == 1 and sleeps == []
 
     @pytest.mark.parametrize(
         "response,code",
@@ -287,64 +228,51 @@ class TestAnswers:
     )
     def test_transient_answer_retried_then_failed_with_code(self, router, sleeps, response, code):
         store = SupabaseStore(url=URL, key=KEY, row_retries=2, sleep=sleeps.append)
-        table = Table(router, answer=lambda body, attempt: response() if body["section_id"] == 2 else httpx.Response(201))
+        fake = FakeSupabase(fail=lambda body, attempt: response() if body["section_id"] == 2 else None).serve(router)
         result = store.batch_ingest_embeddings(sections([1, 2, 3]), make_service()[0])
         assert result["success_count"] == 2 and result["failed_ids"] == [2]
         assert result["failures"][0]["reason"].startswith(f"store failed: {code}: ")
-        assert table.attempts[2] == 3 and sleeps == [0.5, 1.0]
+        assert fake.attempts[2] == 3 and sleeps == [0.5, 1.0]
         assert_accounted(result, 3)
 
     def test_transient_answer_then_201_is_stored(self, router, store, sleeps):
-        table = Table(
-            router,
-            answer=lambda body, attempt: httpx.Response(503, json={"message": "upstream"}) if attempt == 0 else httpx.Response(201),
-        )
+        fake = FakeSupabase(
+            fail=lambda body, attempt: httpx.Response(503, json={"message": "upstream"}) if attempt == 0 else None,
+        ).serve(router)
         secs = sections([1, 2])
         result = store.batch_ingest_embeddings(secs, make_service()[0])
-        assert result["success_count"] == 2 and table.attempts == {1: 2, 2: 2}
+        assert result["success_count"] == 2 and fake.attempts == {1: 2, 2: 2}
         assert sorted(sleeps) == [0.5, 0.5]
         for s in secs:
-            assert table.rows[s["id"]]["embedding"] == vector_literal(vector_for(section_text(s["title"], s["content"])))
+            assert fake.rows[s["id"]]["embedding"] == vector_literal(vector_for(section_text(s["title"], s["content"])))
 
     def test_4xx_json_without_code_is_not_retried_and_names_its_status(self, router, store, sleeps):
-        table = Table(router, answer=lambda body, attempt: httpx.Response(401, json={"message": "Invalid API key"}))
+        fake = FakeSupabase(fail=lambda body, attempt: httpx.Response(401, json={"message": "Invalid API key"})).serve(router)
         result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
         assert result["failures"][0]["reason"] == "store failed: 401: Invalid API key"
-        assert table.attempts[1] == 1 and sleeps == []
+        assert fake.attempts[1] == 1 and sleeps == []
 
     def test_statuses_still_read_after_supabase_rebuilds_its_postgrest_client(self, router, store, sleeps):
         """supabase-py drops `client.postgrest` on auth events; the next write watches the new one."""
-        table = Table(router, answer=lambda body, attempt: httpx.Response(504, json={"message": "upstream timeout"}))
+        fake = FakeSupabase(fail=lambda body, attempt: httpx.Response(504, json={"message": "upstream timeout"})).serve(router)
         store.client._postgrest = None  # what an auth state change does
         result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
         assert result["failures"][0]["reason"] == "store failed: 504: upstream timeout"
-        assert table.attempts[1] == 3
+        assert fake.attempts[1] == 3
 
     def test_connection_error_retried_then_failed(self, router, store, sleeps):
-        router.get(TABLE_PATH).mock(return_value=httpx.Response(200, json=[]))
-        post = router.post(TABLE_PATH).mock(side_effect=httpx.ConnectError("[Errno 111] Connection refused"))
+        refused = httpx.ConnectError("[Errno 111] Connection refused")
+        fake = FakeSupabase(fail=lambda body, attempt: refused).serve(router)
         result = store.batch_ingest_embeddings(sections([1]), make_service()[0])
         assert result["failures"][0]["reason"] == "store failed: ConnectError: [Errno 111] Connection refused"
-        assert post.call_count == 3 and sleeps == [0.5, 1.0]
+        assert fake.upsert_route.call_count == 3 and sleeps == [0.5, 1.0]
 
     def test_upserts_overlap_on_the_wire(self, router, sleeps):
         store = SupabaseStore(url=URL, key=KEY, max_concurrency=4, sleep=sleeps.append)
-        state = {"now": 0, "max": 0}
-        lock = threading.Lock()
-
-        def slow(body, attempt):
-            with lock:
-                state["now"] += 1
-                state["max"] = max(state["max"], state["now"])
-            time.sleep(0.01)
-            with lock:
-                state["now"] -= 1
-            return httpx.Response(201)
-
-        Table(router, answer=slow)
+        fake = FakeSupabase(delay=0.01).serve(router)
         result = store.batch_ingest_embeddings(sections(range(1, 25)), make_service()[0], skip_unchanged=False)
         assert result["success_count"] == 24
-        assert 1 < state["max"] <= 4
+        assert 1 < fake.max_in_flight <= 4
 
     def test_one_postgrest_client_however_many_threads(self, router, sleeps, mocker):
         """supabase-py builds its PostgREST client lazily and unguarded; the store builds it once."""
@@ -352,7 +280,7 @@ class TestAnswers:
 
         built = mocker.spy(Client, "_init_postgrest_client")
         store = SupabaseStore(url=URL, key=KEY, max_concurrency=16, sleep=sleeps.append)
-        Table(router, answer=lambda body, attempt: (time.sleep(0.002), httpx.Response(201))[1])
+        FakeSupabase(delay=0.002).serve(router)
         result = store.batch_ingest_embeddings(sections(range(1, 65)), make_service()[0], skip_unchanged=False)
         assert result["success_count"] == 64
         assert built.call_count == 1
@@ -364,14 +292,14 @@ class TestAnswers:
 class TestBulkRequests:
     def test_lists_of_at_most_n_rows_with_columns(self, router, sleeps):
         store = SupabaseStore(url=URL, key=KEY, rows_per_request=3, sleep=sleeps.append)
-        table = Table(router)
+        fake = FakeSupabase().serve(router)
         secs = sections(range(1, 8))
         result = store.batch_ingest_embeddings(secs, make_service()[0])
         assert result["success_count"] == 7
-        bodies = table.bodies()
+        bodies = fake.bodies()
         assert all(isinstance(b, list) for b in bodies)
         assert sorted(len(b) for b in bodies) == [1, 3, 3]
-        for call in table.post.calls:
+        for call in fake.upsert_route.calls:
             params = call.request.url.params
             assert params["on_conflict"] == "section_id"
             assert {c.strip('"') for c in params["columns"].split(",")} == ROW_FIELDS
@@ -379,7 +307,7 @@ class TestBulkRequests:
             assert {"return=minimal", "resolution=merge-duplicates"} <= prefer
         for s in secs:
             text = section_text(s["title"], s["content"])
-            assert table.rows[s["id"]]["embedding"] == vector_literal(vector_for(text))
+            assert fake.rows[s["id"]]["embedding"] == vector_literal(vector_for(text))
 
     @pytest.mark.parametrize(
         "too_large",
@@ -392,10 +320,10 @@ class TestBulkRequests:
     )
     def test_too_large_chunk_is_halved(self, router, sleeps, too_large):
         store = SupabaseStore(url=URL, key=KEY, rows_per_request=8, sleep=sleeps.append)
-        table = Table(router, answer=lambda body, attempt: too_large() if len(body) > 2 else httpx.Response(201))
+        fake = FakeSupabase(fail=lambda body, attempt: too_large() if len(body) > 2 else None).serve(router)
         result = store.batch_ingest_embeddings(sections(range(1, 9)), make_service()[0])
         assert result["success_count"] == 8 and result["failed_count"] == 0
-        assert [len(b) for b in table.bodies()] == [8, 4, 2, 2, 4, 2, 2]
+        assert [len(b) for b in fake.bodies()] == [8, 4, 2, 2, 4, 2, 2]
         assert sleeps == []
 
     def test_bad_row_isolated_row_by_row(self, router, sleeps):
@@ -406,13 +334,13 @@ class TestBulkRequests:
                 return postgrest_error(400, "22P02", 'invalid input syntax for type vector: "[nan]"')
             return httpx.Response(201)
 
-        table = Table(router, answer=answer)
+        fake = FakeSupabase(fail=answer).serve(router)
         result = store.batch_ingest_embeddings(sections(range(1, 9)), make_service()[0])
         assert result["success_count"] == 7 and result["failed_ids"] == [3]
         assert result["failures"][0]["reason"] == 'store failed: 22P02: invalid input syntax for type vector: "[nan]"'
-        singles = sorted(b["section_id"] for b in table.bodies() if isinstance(b, dict))
+        singles = sorted(b["section_id"] for b in fake.bodies() if isinstance(b, dict))
         assert singles == [1, 2, 3, 4]
-        assert sorted(table.rows) == [1, 2, 4, 5, 6, 7, 8]
+        assert sorted(fake.rows) == [1, 2, 4, 5, 6, 7, 8]
 
 
 # --- the key -------------------------------------------------------------------------------
@@ -431,7 +359,7 @@ class TestKeyStaysSecret:
             return httpx.Response(201)
 
         store = SupabaseStore(url=URL, key=KEY, sleep=sleeps.append)
-        Table(router, answer=answer)
+        FakeSupabase(fail=answer).serve(router)
         result = store.batch_ingest_embeddings(sections([1, 2, 3]), make_service()[0])
         assert result["failed_ids"] == [1, 2] and result["success_count"] == 1
         reasons = [f["reason"] for f in result["failures"]]
