@@ -1,7 +1,7 @@
 """Retry decisions (`core.retry`): what is worth retrying, how long to wait, Retry-After and duration parsing.
 
 Nothing here sleeps or touches the network: SDK errors are built from real
-`openai` exception classes over `httpx2` objects.
+`openai` exception classes over `httpx2` objects (test/support/fake_openai_client.py).
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import email.utils
 import random
 
-import httpx2
-import openai
 import pytest
+from fake_openai_client import connection_error, status_error, timeout_error
 
 from core.limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 from core.retry import (
@@ -24,27 +23,6 @@ from core.retry import (
     retry_delay,
     should_retry,
 )
-
-URL = "https://api.openai.com/v1/embeddings"
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def _request() -> httpx2.Request:
-    return httpx2.Request("POST", URL)
-
-
-def status_error(status: int, *, headers=None, body=None, message: str = "boom", cls=None):
-    """A real SDK status error, as the client raises it."""
-    cls = cls or {
-        400: openai.BadRequestError,
-        401: openai.AuthenticationError,
-        409: openai.ConflictError,
-        429: openai.RateLimitError,
-    }.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    response = httpx2.Response(status, headers=headers or {}, request=_request())
-    return cls(message, response=response, body=body)
 
 
 # --- retry.should_retry --------------------------------------------------------------------
@@ -84,8 +62,8 @@ def test_x_should_retry_header_overrides_the_status():
 
 
 def test_timeouts_and_connection_errors_are_retried():
-    assert should_retry(openai.APITimeoutError(request=_request())) is True
-    assert should_retry(openai.APIConnectionError(message="reset by peer", request=_request())) is True
+    assert should_retry(timeout_error()) is True
+    assert should_retry(connection_error()) is True
 
 
 def test_misaligned_responses_are_retried():
@@ -107,7 +85,7 @@ def test_error_accessors():
     assert error_status(plain) is None
     assert error_code(plain) is None
     assert dict(error_headers(plain)) == {}
-    assert dict(error_headers(openai.APITimeoutError(request=_request()))) == {}
+    assert dict(error_headers(timeout_error())) == {}
 
     class Odd(Exception):
         status_code = "500"  # not an int: not a status
