@@ -19,6 +19,7 @@ from typing import Any
 
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+from .engine.attempts import raw_call
 from .engine.plan import EmbeddingBatch, Request
 from .retry import acall_with_retries
 from .service_base import EmbeddingServiceBase, sent_at
@@ -148,6 +149,7 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         """(vectors, tokens used) for `request`, or the exception it failed with for good."""
         attempts = self.attempts
         kwargs = attempts.create_kwargs(request)
+        post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None
         tries = [0]
         probe = await self._wait_for_probe(request)
 
@@ -156,7 +158,10 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             attempts.count(batch, retry=tries[0] > 0)
             tries[0] += 1
             try:
-                response = await self.client.embeddings.create(**kwargs)
+                if post:
+                    response = await self.client.post("/embeddings", **post)
+                else:
+                    response = await self.client.embeddings.create(**kwargs)
             except Exception as exc:
                 attempts.on_error(exc, request, batch, sent_at=sent_at(getattr(exc, "response", None)))
                 raise

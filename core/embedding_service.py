@@ -17,7 +17,8 @@ from typing import Any
 
 from openai import DefaultHttpxClient, OpenAI
 
-from .engine.plan import EmbeddingBatch, EmbedPlan, Request
+from .engine.attempts import raw_call
+from .engine.plan import EmbeddingBatch, Request
 from .limits import MAX_INPUTS_PER_REQUEST
 from .retry import call_with_retries
 from .service_base import EmbeddingServiceBase, OutputFormat, sent_at
@@ -173,6 +174,7 @@ class EmbeddingService(EmbeddingServiceBase):
         """(vectors, tokens used) for `request`, or the exception it failed with for good."""
         attempts = self.attempts
         kwargs = attempts.create_kwargs(request)
+        post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None
         tries = [0]
 
         def attempt() -> Any:
@@ -180,7 +182,7 @@ class EmbeddingService(EmbeddingServiceBase):
             attempts.count(batch, retry=tries[0] > 0)
             tries[0] += 1
             try:
-                response = self.client.embeddings.create(**kwargs)
+                response = self.client.post("/embeddings", **post) if post else self.client.embeddings.create(**kwargs)
             except Exception as exc:
                 attempts.on_error(exc, request, batch, sent_at=sent_at(getattr(exc, "response", None)))
                 raise

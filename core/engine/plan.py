@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..limits import PROBE_REQUEST_TOKENS, REQUEST_SHARE_OF_BUDGET
+
+COUNT_CHUNK = 256
+"""Inputs checked and counted at a time (~110k tokens of ~440-token sections: ~20 ms)."""
 from ..packing import pack_requests
 from ..tokens import count_tokens_batch, truncate_to_tokens
 
@@ -99,6 +102,13 @@ def request_token_target(hard_cap: int, budget: float | None) -> int:
 class EmbedPlan:
     """Validate, count, dedupe and pack `texts`; then track every request to its end.
 
+    Inputs are checked and counted incrementally, a chunk at a time, as requests are
+    taken: the first request leaves after ~one request's worth of counting instead
+    of the whole call's (tokenizing is ~0.17 us of CPU per token, 0.75 s per 10,000
+    sections of ~440 tokens), and the drivers count while earlier requests are in
+    flight. `requests`, `errors` and `token_counts` count everything first (the dry
+    run and the Batch API want the whole plan at once).
+
     Args:
         texts: The inputs; anything that is not a non-empty valid string fails alone.
         max_inputs: Inputs per request (<= 2048).
@@ -106,8 +116,8 @@ class EmbedPlan:
         max_tokens_per_input: The model's token cap per input.
         truncate: Cut over-long inputs instead of failing them.
         budget: The account's tokens-per-minute budget, when known.
-        probe: Make the first request a small probe and hold the rest until its
-            answer (or its rate-limit headers) arrives.
+        probe: Make the first request a small probe (when there is more than one)
+            and hold the rest until its answer (or its rate-limit headers) arrives.
     """
 
     def __init__(
@@ -127,25 +137,17 @@ class EmbedPlan:
         self.truncate = truncate
         self.budget = budget
         self.batch = EmbeddingBatch(token_counts=[0] * len(texts))
+        self._texts = texts
+        self._cursor = 0  # inputs checked and counted so far
+        self._first_of: dict[str, int] = {}
         self._copies: dict[int, list[int]] = {}  # first index -> every index with that text
         self._text: dict[int, str] = {}
-        self._prepare(texts)
-        self._in_flight = 0
+        self._unpacked: list[int] = []  # counted first-occurrence indices not yet in a request
+        self._unpacked_tokens = 0
         self._pending: deque[Request] = deque()
-        firsts = list(self._copies)
+        self._in_flight = 0
+        self._want_probe = probe
         self.probing = False
-        if probe and firsts:
-            counts = self.batch.token_counts
-            packed = pack_requests(firsts, counts, max_inputs=max_inputs, max_tokens=self.target, allow_oversize=True)
-            if len(packed) > 1:  # one request needs no probe: it is all there is
-                small = min(self.target, PROBE_REQUEST_TOKENS)
-                probe_part = pack_requests(
-                    firsts, counts, max_inputs=max_inputs, max_tokens=small, allow_oversize=True
-                )[0]
-                self._pending.append(self._request(probe_part, probe=True))
-                firsts = firsts[len(probe_part):]
-                self.probing = True
-        self._pack(firsts)
 
     # --- planning --------------------------------------------------------------------------
 
@@ -154,11 +156,18 @@ class EmbedPlan:
         """Tokens per request as currently packed."""
         return request_token_target(self.hard_cap, self.budget)
 
-    def _prepare(self, texts: Sequence[Any]) -> None:
-        """Check and count every input; group the sendable ones by text (`_copies`, `_text`)."""
+    @property
+    def exhausted(self) -> bool:
+        """Every input checked and counted."""
+        return self._cursor >= len(self._texts)
+
+    def _advance(self, chunk: int = COUNT_CHUNK) -> None:
+        """Check and count the next `chunk` inputs; queue the sendable ones for packing."""
         batch = self.batch
+        stop = min(len(self._texts), self._cursor + chunk)
         strings: list[tuple[int, str]] = []
-        for index, text in enumerate(texts):
+        for index in range(self._cursor, stop):
+            text = self._texts[index]
             if not isinstance(text, str):
                 batch.fail(index, "invalid_type", f"not a string ({type(text).__name__})")
             elif not text:
@@ -169,10 +178,10 @@ class EmbedPlan:
                 batch.fail(index, "invalid_unicode", f"not valid Unicode (lone surrogate at position {bad})")
             else:
                 strings.append((index, text))
-        counts = count_tokens_batch([t for _, t in strings])
+        self._cursor = stop
+        counts = count_tokens_batch([t for _, t in strings], num_threads=1)
         limit = min(self.max_tokens_per_input, self.hard_cap, int(self.budget) if self.budget else self.hard_cap)
         what = "input" if limit == self.max_tokens_per_input else "request"
-        first_of: dict[str, int] = {}
         for (index, text), tokens in zip(strings, counts):
             if tokens > limit:
                 if not self.truncate:
@@ -181,20 +190,48 @@ class EmbedPlan:
                 text = truncate_to_tokens(text, limit)
                 tokens = count_tokens_batch([text])[0]
             batch.token_counts[index] = tokens
-            first = first_of.setdefault(text, index)
+            first = self._first_of.setdefault(text, index)
             if first == index:
                 self._copies[index] = [index]
                 self._text[index] = text
+                self._unpacked.append(index)
+                self._unpacked_tokens += tokens
             else:
                 self._copies[first].append(index)
+
+    def _fill(self) -> None:
+        """Count until a full request can be packed (or everything is counted), then pack."""
+        target = self.target
+        while not self.exhausted and self._unpacked_tokens <= target and len(self._unpacked) <= self.max_inputs:
+            self._advance()
+        if self._want_probe:
+            self._want_probe = False
+            if not self.exhausted or self._unpacked_tokens > target or len(self._unpacked) > self.max_inputs:
+                # More than one request: the first is a small probe.
+                small = min(target, PROBE_REQUEST_TOKENS)
+                probe = pack_requests(
+                    self._unpacked, self.batch.token_counts, max_inputs=self.max_inputs, max_tokens=small,
+                    allow_oversize=True,
+                )[0]
+                self._take_unpacked(len(probe))
+                self._pending.append(self._request(probe, probe=True))
+                self.probing = True
+                return
+        self._pack(self._take_unpacked(len(self._unpacked)), keep_tail=not self.exhausted)
+
+    def _take_unpacked(self, count: int) -> list[int]:
+        taken, self._unpacked = self._unpacked[:count], self._unpacked[count:]
+        self._unpacked_tokens = sum(self.batch.token_counts[i] for i in self._unpacked)
+        return taken
 
     def _request(self, indices: Sequence[int], *, probe: bool = False) -> Request:
         counts = self.batch.token_counts
         return Request(tuple(indices), tuple(self._text[i] for i in indices), sum(counts[i] for i in indices), probe)
 
-    def _pack(self, firsts: list[int]) -> None:
-        """Append `firsts` (in order) to the queue as requests of the current target size;
-        an input above the known budget fails alone (it would be refused however long one waits)."""
+    def _pack(self, firsts: list[int], *, keep_tail: bool = False) -> None:
+        """Queue `firsts` (in order) as requests of the current target size; with `keep_tail`,
+        a last, not yet full request goes back to be filled by inputs still to count.
+        An input above the known budget fails alone (refused however long one waits)."""
         if self.budget is not None:
             budget = max(1, int(self.budget))
             fits = []
@@ -209,36 +246,60 @@ class EmbedPlan:
                 else:
                     fits.append(i)
             firsts = fits
-        for indices in pack_requests(
+        packed = pack_requests(
             firsts, self.batch.token_counts, max_inputs=self.max_inputs, max_tokens=self.target, allow_oversize=True
-        ):
+        )
+        if keep_tail and packed:
+            tail_tokens = sum(self.batch.token_counts[i] for i in packed[-1])
+            if tail_tokens < self.target and len(packed[-1]) < self.max_inputs:  # room left: fill it later
+                self._unpacked = packed.pop() + self._unpacked
+                self._unpacked_tokens = sum(self.batch.token_counts[i] for i in self._unpacked)
+        for indices in packed:
             self._pending.append(self._request(indices))
+
+    def _prepare_all(self) -> None:
+        while not self.exhausted:
+            self._advance(len(self._texts))
+        if self._unpacked:
+            self._fill()
+            if self._unpacked:
+                self._pack(self._take_unpacked(len(self._unpacked)))
 
     def update(self, *, budget: float | None, probed: bool) -> None:
         """Take in what the rate limiter knows now: repack waiting requests to a new budget's size."""
         if probed:
             self.probing = False
+            self._want_probe = False
         if budget != self.budget and budget is not None:
             old_target = self.target
             self.budget = budget
             if self.target != old_target and self._pending:
-                waiting = sorted(i for request in self._pending for i in request.indices)
-                self._pending.clear()
-                self._pack(waiting)
+                self._repack()
+
+    def _repack(self, extra: Sequence[int] = ()) -> None:
+        waiting = sorted([*extra, *(i for request in self._pending for i in request.indices), *self._unpacked])
+        self._pending.clear()
+        self._unpacked, self._unpacked_tokens = [], 0
+        self._pack(waiting, keep_tail=not self.exhausted)
 
     # --- running ---------------------------------------------------------------------------
 
     @property
     def requests(self) -> list[Request]:
-        """The requests not yet taken (before a run: all of them)."""
+        """The requests not yet taken (before a run: all of them; counts every input first)."""
+        self._prepare_all()
         return list(self._pending)
 
     @property
     def errors(self) -> dict[int, str]:
+        """Input index -> reason for every input that failed (counts every input first)."""
+        self._prepare_all()
         return self.batch.errors
 
     @property
     def token_counts(self) -> list[int]:
+        """Tokens per input (counts every input first)."""
+        self._prepare_all()
         return self.batch.token_counts
 
     @property
@@ -247,11 +308,17 @@ class EmbedPlan:
 
     @property
     def finished(self) -> bool:
-        return not self._pending and self._in_flight == 0
+        return self.exhausted and not self._unpacked and not self._pending and self._in_flight == 0
 
     def next_request(self) -> Request | None:
         """The next request to send, or None (nothing left, or the probe's answer is awaited)."""
-        if not self._pending or (self.probing and self._in_flight):
+        if self.probing and self._in_flight:
+            return None
+        while not self._pending and (self._unpacked or not self.exhausted):
+            self._fill()
+            if self.exhausted and self._unpacked and not self._pending:
+                self._pack(self._take_unpacked(len(self._unpacked)))
+        if not self._pending:
             return None
         self._in_flight += 1
         return self._pending.popleft()
@@ -278,15 +345,21 @@ class EmbedPlan:
         """`request` is above the account's whole token budget: repack its inputs smaller."""
         self._settle(request)
         self.budget = budget
-        waiting = sorted([*request.indices, *(i for r in self._pending for i in r.indices)])
-        self._pending.clear()
-        self._pack(waiting)
+        self._repack(request.indices)
 
     def cancel(self, reason: str = "cancelled before it was sent") -> None:
-        """Drop every request not yet taken; their inputs fail with `reason` (code ``cancelled``)."""
+        """Drop every request not yet taken and every input not yet counted; they fail with
+        `reason` (code ``cancelled``)."""
         while self._pending:
             for i in self.indices_of(self._pending.popleft()):
                 self.batch.fail(i, "cancelled", reason)
+        for first in self._unpacked:
+            for i in self._copies[first]:
+                self.batch.fail(i, "cancelled", reason)
+        self._unpacked, self._unpacked_tokens = [], 0
+        for index in range(self._cursor, len(self._texts)):
+            self.batch.fail(index, "cancelled", reason)
+        self._cursor = len(self._texts)
 
     def _settle(self, request: Request) -> None:
         self._in_flight -= 1
