@@ -1,4 +1,4 @@
-"""PostgresStore on a real PostgreSQL 18 + pgvector (see test/fixtures_pg.py).
+"""PostgresStore on a real PostgreSQL 18 + pgvector (see test/support/fixtures_pg.py).
 
 Most tests build the table without its HNSW index and search `vector` columns
 of 4 dimensions (small and fast); tests of the default schema with its 1536-dim

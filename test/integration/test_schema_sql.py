@@ -6,7 +6,7 @@ vector (`core.rows.vector_literal`) lands bit for bit. Rendering and validation
 without a database are in test/unit/test_schema_render.py.
 
 On this project's machines pgvector's `vector` distances crash from 16
-dimensions up and HNSW crashes at all (see test/fixtures_pg.py): searches over
+dimensions up and HNSW crashes at all (see test/support/fixtures_pg.py): searches over
 `vector` use 4 dimensions, searches above 2,000 dimensions go through `halfvec`,
 and tests that need the HNSW index itself take the `pg_hnsw` fixture.
 """

@@ -9,7 +9,7 @@ are read back with psycopg + pgvector and each vector is compared, bit for bit
 as float32, with `expected_embedding` of its section's text.
 
 A pgvector build may lack HNSW and `vector` distances from 16 dimensions up
-on some CPUs (see test/fixtures_pg.py): so storage tests use 1536 dimensions
+on some CPUs (see test/support/fixtures_pg.py): so storage tests use 1536 dimensions
 without the HNSW index, the search test 8 dimensions, and the full shipped
 schema (index included) at 1536 dimensions runs wherever `pg_hnsw` allows it.
 """
