@@ -156,6 +156,15 @@ class EmbeddingService(EmbeddingServiceBase):
         pool.shutdown(wait=True)
         return plan.batch
 
+    def submit_batch(
+        self, sections: Any, store: Any, job_dir: Any, *, wait: bool = True, finish_online: bool = False, **options: Any
+    ) -> dict[str, Any]:
+        """Embed and store `sections` through OpenAI's Batch API (half price, within 24 hours),
+        resumably from the folder `job_dir`: `core.batch_api.BatchJob` (`options` are its own)."""
+        from .batch_api import BatchJob
+
+        return BatchJob(job_dir, self, store, **options).run(sections, wait=wait, finish_online=finish_online)
+
     def close(self) -> None:
         """Close the HTTP client's connections."""
         close = getattr(self.client, "close", None)

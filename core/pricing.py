@@ -11,7 +11,15 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
-__all__ = ["PRICE_PER_MILLION_TOKENS", "price_per_million", "estimate_cost", "format_usd", "usd_text"]
+__all__ = [
+    "BATCH_DISCOUNT",
+    "PRICE_PER_MILLION_TOKENS",
+    "batch_cost",
+    "estimate_cost",
+    "format_usd",
+    "price_per_million",
+    "usd_text",
+]
 
 PRICE_PER_MILLION_TOKENS: dict[str, Decimal] = {
     "text-embedding-3-small": Decimal("0.02"),
@@ -41,6 +49,17 @@ def estimate_cost(tokens: int, model: str, override: float | Decimal | str | Non
     if price is None:
         return None
     return Decimal(tokens) * price / Decimal(1_000_000)
+
+
+BATCH_DISCOUNT = Decimal("0.5")
+"""The Batch API's price, as a share of the standard price (50%)."""
+
+
+def batch_cost(tokens: int, model: str, override: float | Decimal | str | None = None) -> Decimal | None:
+    """Exact USD cost of `tokens` tokens sent through the Batch API: half the standard price
+    (`override` is the standard price per million, as for `estimate_cost`); None when unknown."""
+    cost = estimate_cost(tokens, model, override)
+    return None if cost is None else cost * BATCH_DISCOUNT
 
 
 def format_usd(amount: Decimal | float | None) -> str:
