@@ -41,6 +41,7 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
 
     def __init__(self, api_key: str | None = None, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kw: Any):
         self._probe_owner: Request | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         super().__init__(api_key, sleep=sleep or asyncio.sleep, **kw)
 
     def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
@@ -145,8 +146,24 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             await self._sleep(PROBE_POLL_SECONDS)  # type: ignore[misc]
         return False
 
+    def _slot(self) -> asyncio.Semaphore:
+        """`max_concurrency` requests in flight for the whole service, whatever the number of calls.
+
+        Measured: 100 concurrent single-text calls each took a rate-limit slot at once and
+        left together ~0.6 s later (the loop busy opening 100 connections): 15 % answered
+        429. Holding the others until a slot frees keeps "slot taken" close to "sent".
+        """
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_concurrency))
+        return self._slots[1]
+
     async def _outcome(self, request: Request, batch: EmbeddingBatch) -> Any:
         """(vectors, tokens used) for `request`, or the exception it failed with for good."""
+        async with self._slot():
+            return await self._attempts(request, batch)
+
+    async def _attempts(self, request: Request, batch: EmbeddingBatch) -> Any:
         attempts = self.attempts
         kwargs = attempts.create_kwargs(request)
         post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None
