@@ -7,7 +7,9 @@ constant memory. Each record comes out as a `SourceRecord`:
 * ``section``: the ``{"id", "title", "content"}`` dict handed to the ingest
   (ids that are strings of digits, as CSV always gives them, become ints;
   fields starting with ``_`` are ignored, so a ``*.failed.jsonl`` file written
-  by the CLI can be read back as is);
+  by the CLI can be read back as is: a record of it that holds an unreadable
+  line, ``{"_raw": text, "_error": reason}``, is that line again — read as the
+  section once fixed, else unreadable with the same reason);
 * ``raw``: the record exactly as read (what a failed-sections file holds);
 * ``error``: why the record could not be read at all (a line that is not JSON,
   a CSV row with the wrong number of fields), with ``section`` None. Such a
@@ -130,7 +132,26 @@ def _record(line: int, raw: Any, *, what: str) -> SourceRecord:
         if raw is None:
             kind = "null"
         return SourceRecord(line, None, raw, f"{what} is not an object (got {kind})")
+    if isinstance(raw.get("_raw"), str) and not any(name in raw for name in _FIELDS):
+        return _unreadable_again(line, raw)
     return SourceRecord(line, to_section(raw), raw)
+
+
+def _unreadable_again(line: int, record: dict[str, Any]) -> SourceRecord:
+    """A failed-sections record holding a line that could not be read: that line, read again.
+
+    Fixed (its text is now a JSON object), it is the section; else it stays
+    unreadable with the reason it was written with, so re-running an unfixed
+    failed-sections file reports the same reasons.
+    """
+    text = record["_raw"]
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return SourceRecord(line, to_section(value), value)
+    return SourceRecord(line, None, text, str(record.get("_error") or "not valid JSON"))
 
 
 def read_records(source: str | os.PathLike[str] | IO[bytes], format: str | None = None) -> Iterator[SourceRecord]:  # noqa: A002

@@ -1,0 +1,201 @@
+"""Options of every command, the errors a user can fix, and the exit statuses.
+
+Commands are named, not imported, here (``run=``): `core.cli.main` imports the
+one module asked for, so ``--help`` and a bad option cost no SDK import.
+"""
+
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+from typing import NoReturn
+
+from .. import pricing
+from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MAX_CONCURRENCY, DEFAULT_MODEL, DEFAULT_TABLE, MAX_INPUTS_PER_REQUEST
+from ..readers import FORMATS
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "CliError", "UsageError", "build_parser"]
+
+EXIT_OK = 0
+"""Every section stored or skipped (or: the command did what it was asked)."""
+EXIT_FAILED = 1
+"""Some sections failed (each with its reason), or a dry run found sections that would."""
+EXIT_USAGE = 2
+"""A problem to fix before anything can work: options, file, key, endpoint, database."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGTERM / SIGHUP: 128 + the signal's number, as a shell reports it)."""
+
+
+class CliError(Exception):
+    """Ends the command with one line on stderr and `exit_code`."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(CliError):
+    """A problem the user can fix (option, file, key, database): exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _price(text: str) -> Decimal:
+    try:
+        return pricing.price_per_million("", text)  # type: ignore[return-value]
+    except (ValueError, ArithmeticError):
+        raise argparse.ArgumentTypeError(f"expected a price in USD >= 0, got {text!r}") from None
+
+
+def _similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a similarity between -1 and 1, got {text}")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default: %(default)s)")
+    parser.add_argument("--model", default=None, help=f"embeddings model (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--dimensions", type=_positive_int, default=None,
+        help="vector size (default: the model's; text-embedding-3-* can shorten vectors)",
+    )
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where sections are stored")
+    group.add_argument(
+        "--target", choices=("auto", "supabase", "postgres", "embedded"), default="auto",
+        help="auto (default): --database-url, else --data-dir, else Supabase if SUPABASE_URL is set, "
+        "else DATABASE_URL, else the embedded PostgreSQL",
+    )
+    group.add_argument("--database-url", metavar="DSN", help="any PostgreSQL with pgvector (default: $DATABASE_URL)")
+    group.add_argument(
+        "--data-dir", metavar="DIR",
+        help="data folder of the embedded PostgreSQL (default: $CORE_DATA_DIR, else a per-user data folder; "
+        "/var/lib/core-embeddings/pgdata as root)",
+    )
+
+
+def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
+    ingest = commands.add_parser(
+        "ingest", help="embed and store the sections of a file",
+        description="Embed the sections (id, title, content) of a JSONL, JSON or CSV file, or of standard "
+        "input, and store them. Unchanged sections are skipped; failed ones are written to "
+        "<FILE stem>.failed.jsonl, which you can fix and ingest again.",
+    )
+    ingest.add_argument(
+        "file", metavar="FILE",
+        help="sections file (.jsonl, .json or .csv), or - for standard input (JSONL unless --format)",
+    )
+    ingest.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
+    _add_model_options(ingest)
+    ingest.add_argument(
+        "--concurrency", type=_positive_int, default=DEFAULT_MAX_CONCURRENCY,
+        help="embeddings requests in flight at once (default: %(default)s)",
+    )
+    ingest.add_argument(
+        "--batch-size", type=_positive_int, default=MAX_INPUTS_PER_REQUEST,
+        help=f"sections per embeddings request, at most {MAX_INPUTS_PER_REQUEST} (default: %(default)s)",
+    )
+    ingest.add_argument(
+        "--tpm", type=_positive_float, default=None, metavar="TOKENS",
+        help="your tokens-per-minute limit, if known (else learned from the API's headers)",
+    )
+    ingest.add_argument("--no-skip", action="store_true", help="re-embed sections even when unchanged")
+    ingest.add_argument(
+        "--no-index", action="store_true",
+        help="PostgreSQL targets: do not create the HNSW index (by default it is built after the load)",
+    )
+    ingest.add_argument(
+        "--failed-out", metavar="PATH",
+        help="where failed sections go (default: <FILE stem>.failed.jsonl next to FILE; "
+        "stdin.failed.jsonl for standard input)",
+    )
+    ingest.add_argument(
+        "--dry-run", action="store_true",
+        help="count tokens, requests and cost; embed and store nothing (exit 1 if some sections would fail)",
+    )
+    ingest.add_argument("--price-per-million", type=_price, metavar="USD", help="price per 1M tokens for the cost figure")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    bar = ingest.add_mutually_exclusive_group()
+    bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
+    bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    _add_target_options(ingest)
+    ingest.set_defaults(run="ingest")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The parser of every command; ``args.run`` names the `core.cli` module that runs it."""
+    parser = _Parser(
+        prog=prog,
+        description="Embed document sections with OpenAI and store them in Supabase, any PostgreSQL "
+        "with pgvector, or an embedded PostgreSQL.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    _add_ingest(commands)
+
+    search = commands.add_parser(
+        "search", help="the stored sections nearest to a query",
+        description="Embed QUERY with the model the sections were stored with and print the nearest stored "
+        "sections, best first: cosine similarity, section id, title.",
+    )
+    search.add_argument("query", metavar="QUERY", help="the text to look for (quote it: one argument)")
+    search.add_argument("-k", type=_positive_int, default=5, help="how many results (default: %(default)s)")
+    search.add_argument("--threshold", type=_similarity, default=None, help="minimum cosine similarity (-1 to 1)")
+    _add_model_options(search)
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_target_options(search)
+    search.set_defaults(run="search")
+
+    schema = commands.add_parser(
+        "schema", help="print the SQL schema (for Supabase's SQL editor) or apply it",
+        description="Print the SQL that creates the table, HNSW index, search function and row level "
+        "security (paste it into Supabase's SQL editor), or apply it to a database.",
+    )
+    _add_model_options(schema)
+    schema.add_argument(
+        "--match-function", default=DEFAULT_MATCH_FUNCTION, help="search function name (default: %(default)s)"
+    )
+    schema.add_argument("--no-index", action="store_true", help="leave the HNSW index out")
+    schema.add_argument(
+        "--apply", nargs="?", const="", metavar="DSN",
+        help="apply the schema to this database instead of printing it (no DSN: $DATABASE_URL)",
+    )
+    schema.set_defaults(run="schema")
+    return parser

@@ -1,0 +1,62 @@
+"""Model, vector size, table name and the embeddings service, as the options ask for them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..limits import DEFAULT_MODEL, model_dimensions
+from .console import SECRETS
+from .parser import UsageError
+
+__all__ = ["check_table", "dimensions", "make_service", "model", "require_key"]
+
+
+def model(args: argparse.Namespace) -> str:
+    return str(args.model or DEFAULT_MODEL)
+
+
+def dimensions(args: argparse.Namespace) -> int:
+    """--dimensions, else the model's vector size."""
+    if args.dimensions is not None:
+        return int(args.dimensions)
+    size = model_dimensions(model(args))
+    if size is None:
+        raise UsageError(f"unknown vector size for model {model(args)!r}: pass --dimensions")
+    return size
+
+
+def check_table(args: argparse.Namespace) -> None:
+    """Refuse a bad --table / --dimensions before anything starts."""
+    from ..schema import validate_dimensions, validate_identifier
+
+    try:
+        validate_identifier(args.table, "table")
+        if args.dimensions is not None:
+            validate_dimensions(args.dimensions)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def require_key() -> None:
+    """The OpenAI key is set (and known to the scrubber), or a UsageError saying how to set it."""
+    key = os.environ.get("OPENAI_API_KEY")
+    SECRETS.add(key)
+    if not key:
+        raise UsageError(
+            "no OpenAI API key: set OPENAI_API_KEY (for a local OpenAI-compatible server, set "
+            "OPENAI_BASE_URL and any non-empty key)"
+        )
+
+
+def make_service(args: argparse.Namespace, **options: Any) -> Any:
+    """The `EmbeddingService` for `args.model` with `options`; the key comes from the environment."""
+    require_key()
+    from ..embedding_service import EmbeddingService
+
+    try:
+        return EmbeddingService(model=model(args), **options)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,193 @@
+"""Where sections go: Supabase, a PostgreSQL (DATABASE_URL / --database-url) or the embedded one.
+
+`select_target` picks one from the options and the environment (first match:
+--database-url, --data-dir, Supabase when SUPABASE_URL is set, DATABASE_URL,
+else the embedded PostgreSQL; --target forces one). The rest opens it: starts
+the embedded server for the duration of a command, and gives a store whose
+table is ready for a load or a search. No SQL here: the stores own it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, MissingDependencyError, StoreError
+from ..secrets import redact_dsn
+from .console import SECRETS, Note, one_line, prog
+from .parser import UsageError
+
+__all__ = ["Target", "database", "embedded_problem", "open_supabase", "postgres_store", "prepare_load", "select_target"]
+
+
+@dataclass
+class Target:
+    """Where sections go, as chosen from options and environment."""
+
+    kind: str  # "supabase" | "postgres" | "embedded"
+    dsn: str | None = None
+    url: str | None = None
+    key: str | None = None
+    folder: Path | None = None
+
+    def describe(self) -> str:
+        if self.kind == "supabase":
+            return f"Supabase {self.url}"
+        if self.kind == "postgres":
+            return f"PostgreSQL {redact_dsn(self.dsn or '')}"
+        return f"embedded PostgreSQL in {self.folder}"
+
+
+def select_target(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Target:
+    """The target `args` and the environment ask for (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    supabase_url = env.get("SUPABASE_URL") or None
+    supabase_key = env.get("SUPABASE_SERVICE_ROLE_KEY") or env.get("SUPABASE_KEY") or None
+    SECRETS.add(supabase_key)
+    SECRETS.add_dsn(args.database_url)
+    SECRETS.add_dsn(env.get("DATABASE_URL"))
+    if args.database_url and args.data_dir:
+        raise UsageError("--database-url and --data-dir name two different databases: pass one")
+    kind = args.target
+    if kind == "auto":
+        if args.database_url:
+            kind = "postgres"
+        elif args.data_dir:
+            kind = "embedded"
+        elif supabase_url:
+            if not supabase_key:
+                raise UsageError(
+                    "SUPABASE_URL is set but neither SUPABASE_SERVICE_ROLE_KEY nor SUPABASE_KEY is "
+                    "(set one, or pass --target embedded / --database-url)"
+                )
+            kind = "supabase"
+        else:
+            kind = "postgres" if env.get("DATABASE_URL") else "embedded"
+    if kind == "supabase":
+        if not supabase_url or not supabase_key:
+            raise UsageError("--target supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY)")
+        return Target("supabase", url=supabase_url, key=supabase_key)
+    if kind == "postgres":
+        dsn = args.database_url or env.get("DATABASE_URL")
+        if not dsn:
+            raise UsageError("--target postgres needs --database-url or DATABASE_URL")
+        return Target("postgres", dsn=dsn)
+    from ..embedded import data_dir
+
+    return Target("embedded", folder=data_dir(args.data_dir))
+
+
+def embedded_problem(target: Target) -> str | None:
+    """Why the embedded pgvector cannot use HNSW / `vector` distances here (None for other targets)."""
+    if target.kind != "embedded":
+        return None
+    from ..embedded import vector_math_problem
+
+    return vector_math_problem()
+
+
+@contextlib.contextmanager
+def database(target: Target, note: Note, *, must_exist: bool = False) -> Iterator[str]:
+    """The DSN of a PostgreSQL target; starts (and afterwards lets go of) the embedded one."""
+    if target.kind == "postgres":
+        assert target.dsn is not None
+        yield target.dsn
+        return
+    from ..embedded import EmbeddedPostgres, import_pgserver, opened_as_root
+
+    server = EmbeddedPostgres(target.folder)
+    if must_exist and not server.initialised:
+        raise UsageError(
+            f"no embedded database in {server.folder} yet: run ingest first (or pass --data-dir / --database-url)"
+        )
+    try:
+        server.check_folder()
+        import_pgserver()
+    except (ConfigurationError, MissingDependencyError) as exc:
+        raise UsageError(str(exc)) from None
+    opened = opened_as_root(server.folder)
+    if opened:
+        note(
+            "note: running as root, pgserver runs PostgreSQL as OS user 'pgserver' and adds read+execute "
+            f"for everyone to: {', '.join(map(str, opened))}"
+        )
+    created = not server.initialised
+    started = time.monotonic()
+    try:
+        dsn = server.start()
+    except (ConfigurationError, StoreError, MissingDependencyError) as exc:
+        server.stop()
+        raise UsageError(str(exc)) from None
+    SECRETS.add_dsn(dsn)
+    note(f"embedded PostgreSQL {'created' if created else 'ready'} in {time.monotonic() - started:.1f} s")
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+def postgres_store(dsn: str, table: str, dimensions: int, *, halfvec_scan: bool = False) -> Any:
+    """A `PostgresStore` that creates nothing on its own (the CLI prepares the table itself)."""
+    from ..postgres_store import PostgresStore
+
+    SECRETS.add_dsn(dsn)
+    try:
+        return PostgresStore(dsn, table=table, dimensions=dimensions, create_schema=False, halfvec_scan=halfvec_scan)
+    except (ConfigurationError, MissingDependencyError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool) -> bool:
+    """Make `store`'s table ready for a load; True when the HNSW index is to be built after it.
+
+    Args:
+        index: Have an HNSW index at the end (False: --no-index, or pgvector cannot build one here).
+        drop_index: Drop an existing index (inserts into it would crash this pgvector).
+
+    Raises:
+        UsageError: The table holds vectors of another size.
+        StoreError: The database is unreachable or refuses.
+    """
+    state = store.table_state()
+    if state.dimensions is not None and state.dimensions != store.dimensions:
+        raise UsageError(
+            f"table {store.table!r} holds {state.dimensions}-dimensional vectors, not {store.dimensions} "
+            f"({model}): pass --dimensions {state.dimensions} or another --table"
+        )
+    build_after = index and not state.index_exists
+    if state.index_exists and (drop_index or (index and state.empty)):
+        # An empty table: building the index once after the load is much faster
+        # than maintaining it row by row during it.
+        store.drop_index()
+        build_after = index
+    store.ensure_schema(with_index=False)
+    return build_after
+
+
+def open_supabase(target: Target, table: str) -> Any:
+    """A `SupabaseStore`, after one read that proves the table is there (before anything is paid for)."""
+    from ..supabase_store import SupabaseStore
+
+    try:
+        store = SupabaseStore(target.url, target.key, table=table)
+    except Exception as exc:  # supabase's own errors (bad URL...) have no common base
+        raise UsageError(f"cannot use Supabase at {target.url}: {one_line(exc)}") from None
+    try:
+        store.client.table(table).select("section_id,content_hash,model").limit(1).execute()
+    except Exception as exc:
+        import httpx
+
+        reason = one_line(str(exc) or type(exc).__name__)
+        if isinstance(exc, httpx.TransportError):
+            raise UsageError(f"cannot reach Supabase at {target.url}: {reason}") from None
+        hint = ""
+        if str(getattr(exc, "code", "")) in ("PGRST205", "42P01", "PGRST204", "42703"):
+            hint = f" (create it: paste the output of `{prog()} schema` into Supabase's SQL editor)"
+        raise UsageError(f"cannot read table {table!r} on Supabase {target.url}: {reason}{hint}") from None
+    return store
