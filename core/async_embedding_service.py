@@ -71,7 +71,9 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
     async def batch_generate_embeddings(self, texts: Sequence[str], max_batch_size: int | None = None) -> dict[str, Any]:
         """Embed many texts; same result and errors as `EmbeddingService.batch_generate_embeddings`."""
         self._check_texts(texts)
-        return self._batch_result(texts, await self.embed(texts, max_batch_size=max_batch_size))
+        formatter = self._formatter()
+        batch = await self.embed(texts, max_batch_size=max_batch_size, on_vectors=formatter)
+        return self._batch_result(texts, batch, formatter)
 
     async def embed(
         self,

@@ -94,7 +94,9 @@ class EmbeddingService(EmbeddingServiceBase):
                 chained to a sanitized last cause).
         """
         self._check_texts(texts)
-        return self._batch_result(texts, self.embed(texts, max_batch_size=max_batch_size))
+        formatter = self._formatter()
+        batch = self.embed(texts, max_batch_size=max_batch_size, on_vectors=formatter)
+        return self._batch_result(texts, batch, formatter)
 
     def embed(
         self,
@@ -132,7 +134,7 @@ class EmbeddingService(EmbeddingServiceBase):
             if on_vectors is not None and served:
                 on_vectors(served, plan.batch)
 
-        if self.max_concurrency == 1 or len(plan.requests) <= 1:
+        if self.max_concurrency == 1 or plan.single_request():
             while (request := plan.next_request()) is not None:  # inline: no pool for one request
                 settle(request, self._outcome(request, plan.batch))
                 self._refresh(plan)

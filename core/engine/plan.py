@@ -302,6 +302,12 @@ class EmbedPlan:
         self._prepare_all()
         return self.batch.token_counts
 
+    def single_request(self) -> bool:
+        """Whether everything fits one request (counts at most ~one request's worth of inputs)."""
+        if not self._pending and (self._unpacked or not self.exhausted):
+            self._fill()
+        return self.exhausted and not self._unpacked and len(self._pending) <= 1
+
     @property
     def in_flight(self) -> int:
         return self._in_flight
