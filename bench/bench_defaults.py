@@ -148,6 +148,17 @@ def child_run(spec: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     if client == "library":
         svc = library_service(base_url, **lib_kwargs)
         call = lambda: svc.batch_generate_embeddings(texts)
+    elif client == "async":  # AsyncEmbeddingService, same settings, one asyncio.run
+        import asyncio
+
+        from core import AsyncEmbeddingService
+
+        async def run_async() -> Any:
+            async with AsyncEmbeddingService(api_key=API_KEY, base_url=base_url, **lib_kwargs) as asvc:
+                return await asvc.batch_generate_embeddings(texts)
+
+        svc = None
+        call = lambda: asyncio.run(run_async())
     else:
         call = lambda: reference_client.embed(texts, base_url=base_url, api_key=API_KEY,
                                               max_concurrency=conc)
@@ -163,13 +174,14 @@ def child_run(spec: dict[str, Any], texts: list[str]) -> dict[str, Any]:
                            "t1_monotonic": t1m}
     if profiler:
         out["profile"] = profiler.stop()
-    if client == "library":
+    if client in ("library", "async"):
         vectors = result["embeddings"]
         out["failed"] = len(result["failed_indices"])
         out["total_tokens"] = result["total_tokens"]
         out["output_type"] = type(vectors).__name__
         vectors = np.asarray(vectors, dtype=np.float32) if not isinstance(vectors, np.ndarray) else vectors
-        svc.close()
+        if svc is not None:
+            svc.close()
     else:
         vectors = result.vectors
         out.update(failed=0, total_tokens=result.tokens, output_type="ndarray", client_requests=result.requests,
@@ -185,7 +197,7 @@ def child_warm_up(spec: dict[str, Any]) -> None:
     """One one-text request through a throwaway client of the same kind: imports, tokenizer, SDK models."""
     import reference_client
 
-    if spec["client"] == "library":
+    if spec["client"] in ("library", "async"):  # imports and tokenizer are the same for both drivers
         svc = library_service(spec["base_url"], **(spec.get("library") or {}))
         svc.batch_generate_embeddings(["warm-up text"])
         svc.close()
@@ -489,7 +501,7 @@ def check_vectors(path: str, texts: Sequence[str], sample: int = 600) -> dict[st
 
 
 def run_regime(key: str, fake: Any, texts: list[str], total_tokens: int, workdir: str, texts_path: str,
-               repeat: int, default_conc: int) -> dict[str, Any]:
+               repeat: int, default_conc: int, clients: Sequence[str] = ("library", "reference")) -> dict[str, Any]:
     regime = REGIMES[key]
     cfg = regime["server"]
     lib_kwargs = regime["library"]
@@ -500,7 +512,7 @@ def run_regime(key: str, fake: Any, texts: list[str], total_tokens: int, workdir
         f"concurrency {conc} for both")
     runs = []
     for rep in range(repeat):
-        order = ("library", "reference") if rep % 2 == 0 else ("reference", "library")
+        order = tuple(clients) if rep % 2 == 0 else tuple(reversed(clients))
         for client in order:
             vpath = os.path.join(workdir, f"vectors_{client}.npy")
             spec = {"mode": "run", "client": client, "base_url": fake.base_url, "texts_path": texts_path,
@@ -518,7 +530,7 @@ def run_regime(key: str, fake: Any, texts: list[str], total_tokens: int, workdir
                 f"CPU {child['cpu_s']:.2f} s, {run['requests']} requests, {run['count_429']} x 429, "
                 f"max in flight {run['server_max_in_flight']}")
     summary: dict[str, Any] = {}
-    for client in ("library", "reference"):
+    for client in clients:
         mine = [r for r in runs if r["client"] == client]
         summary[client] = {
             "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in mine),
@@ -535,6 +547,11 @@ def run_regime(key: str, fake: Any, texts: list[str], total_tokens: int, workdir
     lib, ref = summary["library"], summary["reference"]
     summary["library_vs_reference"] = {"tokens_per_s": lib["tokens_per_s"] / ref["tokens_per_s"],
                                        "cpu_s": lib["cpu_s"] / ref["cpu_s"]}
+    if "async" in summary:  # issue #10: the async driver against the sync one, same run
+        summary["async_vs_library"] = {"tokens_per_s": summary["async"]["tokens_per_s"] / lib["tokens_per_s"],
+                                       "cpu_s": summary["async"]["cpu_s"] / lib["cpu_s"]}
+        summary["async_vs_reference"] = {"tokens_per_s": summary["async"]["tokens_per_s"] / ref["tokens_per_s"],
+                                         "cpu_s": summary["async"]["cpu_s"] / ref["cpu_s"]}
     # A perfect client still starts with a full bucket: its best fraction of the ceiling is
     # tokens / ((tokens - bucket) / refill), before latency and tokenizing.
     best = total_tokens / ((total_tokens - cfg["tpm"]) / ceiling) / ceiling if ceiling and total_tokens > cfg["tpm"] else None
@@ -598,13 +615,14 @@ def print_tables(results: dict[str, Any]) -> None:
         for k in regimes:
             r = results["regimes"][k]
             s = r["summary"]
-            for client in ("library", "reference"):
+            for client in [c for c in ("library", "async", "reference") if c in s]:
                 c = s[client]
+                vs = {"library": "library_vs_reference", "async": "async_vs_reference"}.get(client)
                 rows.append([k, client, c["tokens_per_s"], c["fraction_of_ceiling"],
-                             s["library_vs_reference"]["tokens_per_s"] if client == "library" else 1.0,
+                             s[vs]["tokens_per_s"] if vs else 1.0,
                              c["wall_s"], c["requests"], f"{fmt(c['count_429'])} ({c['pct_429']:.0f}%)",
                              c["count_400"], c["max_in_flight"], c["cpu_s"],
-                             s["library_vs_reference"]["cpu_s"] if client == "library" else 1.0, c["server_cpu_s"]])
+                             s[vs]["cpu_s"] if vs else 1.0, c["server_cpu_s"]])
         say(table(["regime", "client", "tokens/s", "× ceiling", "tok/s ÷ ref", "wall s", "requests", "429 (%)", "400",
                    "max in flight", "client CPU s", "CPU ÷ ref", "server CPU s"], rows))
         say()
@@ -664,6 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON results (default bench/results/defaults[_quick][_<regimes>].json)")
     parser.add_argument("--core-rev", help="run clients and server on core/ exported from this git revision "
                         "(git archive into a temp dir, first on PYTHONPATH) instead of the working tree")
+    parser.add_argument("--clients", default="library,reference",
+                        help="clients to run in regimes a-c: library,reference[,async] (async = AsyncEmbeddingService)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -729,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["profile"] = run_profile(fake, texts, workdir, texts_path, default_conc, args.calls)
                 results["profile"]["scenario_wall_s"] = round(time.perf_counter() - t0, 1)
             else:
-                results["regimes"][key] = run_regime(key, fake, texts, total, workdir, texts_path, repeat, default_conc)
+                results["regimes"][key] = run_regime(key, fake, texts, total, workdir, texts_path, repeat, default_conc,
+                                                     [c.strip() for c in args.clients.split(",") if c.strip()])
                 results["regimes"][key]["scenario_wall_s"] = round(time.perf_counter() - t0, 1)
             say()
     meta["load_at_end"] = load()
