@@ -24,7 +24,7 @@ from .api import ApiError, ApiRequest, Reply, parse_json_object, require_bearer
 from .batch_state import BATCH_DEFAULTS, BatchWorld, world_of
 from .files import page, query_of
 
-__all__ = ["BATCH_ROUTES", "BatchControl", "control", "BATCH_DEFAULTS"]
+__all__ = ["BATCH_DEFAULTS", "BATCH_ROUTES", "BatchControl", "control"]
 
 SDK_ENDPOINTS = (
     "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",

@@ -14,6 +14,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
 from email.utils import formatdate
@@ -24,13 +25,17 @@ from core.testing._process import read_request_body, watch_stdin_eof
 from core.tokens import get_encoding
 
 from .api import ApiError, ApiRequest, Endpoint, Reply, ms_since
+from .batches import BATCH_ROUTES, control as batch_control
 from .embeddings import create_embeddings
+from .files import FILE_ROUTES
 from .state import State
 
 __all__ = ["API_ROUTES", "find_route", "main", "serve"]
 
 API_ROUTES: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/embeddings"): create_embeddings,
+    **FILE_ROUTES,  # /v1/files: upload, retrieve, list, content, delete
+    **BATCH_ROUTES,  # /v1/batches: create, retrieve, cancel, list
 }
 """(method, path) -> endpoint. A path segment written ``{name}`` matches any one
 non-empty segment, whose value the endpoint finds in ``request.params["name"]``."""
@@ -143,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(400, {"error": str(exc)})
         elif path == "/_control/stats" and method == "GET":
             self._send_json(200, state.stats())
+        elif path.startswith("/_control/batches"):
+            self._send_json(*batch_control(state, method, path, body))
         elif path == "/_control/reset" and method == "POST":
             with state.lock:
                 state.reset_stats()
@@ -163,7 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if route is None:
                     raise ApiError(404, f"Invalid URL ({self.command} {path})")
                 endpoint, params = route
-                request = ApiRequest(self.command, path, params, self.headers, body, state, start, request_id)
+                request = ApiRequest(self.command, path, params, self.headers, body, state, start, request_id,
+                                     dict(urllib.parse.parse_qsl(self.path.partition("?")[2])))
                 try:
                     reply = endpoint(request)
                 except ApiError:
