@@ -17,6 +17,7 @@ from typing import Any
 from .. import errors
 from ..errors import CoreError
 from ..limits import INGEST_WINDOW, MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_INPUT
+from . import batch
 from .console import Note, warn
 from .failures import failed_path
 from .parser import EXIT_FAILED, EXIT_USAGE, CliError, UsageError
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size > MAX_INPUTS_PER_REQUEST:
         raise UsageError(f"--batch-size must be at most {MAX_INPUTS_PER_REQUEST}, not {args.batch_size}")
     source = resolve_source(args.file, args.format)
+    batch.check(args, source)
+    if args.dry_run and args.batch_api:
+        return batch.dry_run(args, source, model(args))
     if args.dry_run:
         from .dry_run import dry_run
 
@@ -80,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
                 if problem and not args.no_index:
                     note(f"note: {problem}")
             note.release()
-            outcome = _ingest(args, store, service, records, source)
+            if args.batch_api:  # through OpenAI's Batch API: core.cli.batch
+                outcome = batch.ingest(args, store, service, records, source, note)
+            else:
+                outcome = _ingest(args, store, service, records, source)
             if outcome.interrupted is not None:
                 return interrupted(args, outcome, model(args), time.monotonic() - started)
             if build_index:

@@ -156,6 +156,9 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
     bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
     bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     _add_target_options(ingest)
+    from .batch import add_options as add_batch_options  # here: core.cli.batch imports this module
+
+    add_batch_options(ingest)
     ingest.set_defaults(run="ingest")
 
 

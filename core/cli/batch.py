@@ -1,0 +1,180 @@
+"""``ingest --batch-api``: the same ingest through OpenAI's Batch API (half the price, within 24 hours).
+
+Everything that matters is the library's (`core.batch_api.BatchJob`): the same
+validation, skips and packing as online, batch files within the API's limits,
+a job folder that makes the command resumable. This module only adds the
+options, where the job folder goes (``<FILE stem>.batch-job`` next to FILE), the
+notes printed while batches run, the cost at the batch price, and the dry run's
+figures (batches, files, requests, tokens, cost at the batch price).
+
+Run the same command again after a crash, a kill or days later: it continues
+from the job folder and never submits a section twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import pricing
+from ..errors import CoreError
+from .console import Note, warn
+from .parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, UsageError
+from .sources import Source, open_records
+
+__all__ = ["add_options", "check", "dry_run", "ingest", "job_dir"]
+
+JOB_SUFFIX = ".batch-job"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The Batch API options of ``ingest``."""
+    group = parser.add_argument_group("Batch API (half the price, results within 24 hours)")
+    group.add_argument(
+        "--batch-api", action="store_true",
+        help="embed through OpenAI's Batch API instead of online requests: uploads batch files, waits for them "
+        "and stores the results; run the same command again to continue after a crash (nothing is submitted twice)",
+    )
+    group.add_argument(
+        "--finish-online", action="store_true",
+        help="with --batch-api: embed online the requests that failed inside a batch",
+    )
+    group.add_argument("--job-dir", metavar="DIR",
+                       help=f"with --batch-api: the job folder (default: <FILE stem>{JOB_SUFFIX} next to FILE)")
+    group.add_argument("--poll-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                       help="with --batch-api: first wait between looks at the batches; it grows to 5 minutes "
+                       "while nothing moves (default: %(default)s)")
+
+
+def check(args: argparse.Namespace, source: Source) -> None:
+    """Options that do not go together, refused before anything starts."""
+    if not args.batch_api:
+        if args.finish_online or args.job_dir:
+            raise UsageError("--finish-online and --job-dir go with --batch-api")
+        return
+    if source.stdin and not args.job_dir:
+        raise UsageError("--batch-api with standard input needs --job-dir (the job folder goes next to FILE otherwise)")
+    if args.tpm is not None:
+        warn("--tpm does not apply to the Batch API (batches are outside the per-minute limits): ignored")
+        args.tpm = None
+
+
+def job_dir(args: argparse.Namespace, source: Source) -> Path:
+    if args.job_dir:
+        return Path(args.job_dir)
+    assert source.path is not None
+    return source.path.with_name(source.path.name[: len(source.path.name) - len(source.path.suffix)] + JOB_SUFFIX)
+
+
+def _batch_price(args: argparse.Namespace, model: str) -> Any:
+    price = pricing.price_per_million(model, args.price_per_million)
+    return None if price is None else price * pricing.BATCH_DISCOUNT
+
+
+def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator[Any], source: Source,
+           note: Note) -> Any:
+    """Run the ingest as a Batch API job; returns the ingest's `Run` (what `summary.finish` reports)."""
+    from ..batch_api import BatchJob, Polling
+    from .ingest import RUN_STOPPING, _stopped
+    from .summary import Run
+
+    outcome = Run()
+
+    def sections() -> Iterator[dict[str, Any]]:
+        for record in records:
+            outcome.records += 1
+            if record.error is not None:
+                outcome.unreadable += 1
+                continue
+            yield record.section
+
+    folder = job_dir(args, source)
+    again = f"the job in {folder} continues when you run the same command again"
+    note(f"Batch API job: {folder}")
+    job = BatchJob(
+        folder, service, store, batch_size=args.batch_size, skip_unchanged=not args.no_skip,
+        polling=Polling(interval=args.poll_interval, max_interval=max(300.0, args.poll_interval)), on_status=note,
+    )
+    # The summary's cost is the batch price: half the standard one (or of --price-per-million).
+    args.price_per_million = _batch_price(args, str(service.model))
+    try:
+        outcome.result = job.run(sections(), finish_online=args.finish_online)
+    except KeyboardInterrupt as exc:
+        outcome.interrupted = exc
+        outcome.result = dict(getattr(exc, "report", None) or {})
+    except RUN_STOPPING as exc:
+        raise CliError(f"{_stopped(exc)}; {again}", EXIT_USAGE) from None
+    except (CoreError, OSError) as exc:  # e.g. the database went away half way
+        raise CliError(f"{_stopped(exc)}; {again}", EXIT_FAILED) from None
+    report = outcome.result
+    batch = report.get("batch") or {}
+    if batch:
+        note(f"Batch API: {batch['batches']:,} batch(es) in the job, {batch['batches_submitted']:,} submitted "
+             f"and {batch['rows_written']:,} rows written by this run")
+    return outcome
+
+
+def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
+    """Print what a Batch API ingest of `source` would submit and cost; exit 1 when some sections would fail."""
+    from ..batch_api import estimate
+    from ..embedding_service import EmbeddingService
+
+    counts = {"records": 0, "unreadable": 0}
+
+    def sections() -> Iterator[dict[str, Any]]:
+        for record in open_records(source):
+            counts["records"] += 1
+            if record.error is not None:
+                counts["unreadable"] += 1
+                continue
+            yield record.section
+
+    options: dict[str, Any] = {"model": model, "max_batch_size": args.batch_size}
+    if args.dimensions is not None:
+        options["dimensions"] = args.dimensions
+    with EmbeddingService(api_key="dry-run", **options) as service:  # never sends anything
+        figures = estimate(sections(), service, batch_size=args.batch_size)
+    codes = [failure["code"] for failure in figures["failures"]]
+    too_long = sum(code == "embedding_failed" for code in codes)
+    invalid = len(codes) - too_long
+    failing = counts["unreadable"] + len(codes)
+    price = _batch_price(args, model)
+    cost = None if price is None else pricing.estimate_cost(figures["tokens"], model, price)
+    if args.json:
+        print(json.dumps({
+            "dry_run": True, "batch_api": True, "file": source.label, "format": source.fmt, "model": model,
+            "sections": counts["records"], "to_embed": figures["to_embed"], "unreadable": counts["unreadable"],
+            "invalid": invalid, "too_long": too_long, "batches": figures["batches"], "files": figures["batches"],
+            "requests": figures["requests"], "inputs": figures["inputs"], "tokens": figures["tokens"],
+            "bytes": figures["bytes"], "price_per_million_usd": pricing.usd_text(price),
+            "cost_usd": pricing.usd_text(cost),
+        }))
+        return EXIT_FAILED if failing else EXIT_OK
+    print(f"dry run (Batch API): {source.label} ({source.fmt}), model {model}; nothing uploaded, embedded or stored")
+    detail = f": {counts['unreadable']:,} unreadable, {invalid:,} invalid, {too_long:,} too long)" if failing else ")"
+    print(f"  sections: {counts['records']:,} ({figures['to_embed']:,} to embed, {failing:,} would fail{detail}")
+    size = f"{figures['bytes'] / 1e6:,.1f} MB" if figures["bytes"] >= 100_000 else f"{figures['bytes']:,} bytes"
+    print(f"  batches: {figures['batches']:,} ({figures['requests']:,} requests, {figures['inputs']:,} inputs, {size}; "
+          "at most 50,000 requests, 50,000 inputs and 200 MB each)")
+    print(f"  tokens: {figures['tokens']:,} (cl100k_base, exact)")
+    if cost is None:
+        print(f"  cost: unknown (no price for {model}; pass --price-per-million USD)")
+    else:
+        print(f"  cost: {pricing.format_usd(cost)} at the Batch API's price (${price.normalize()} per 1M tokens, "
+              "half the standard price)")
+    print("  time: each batch within 24 hours (the Batch API's completion window)")
+    print("  (sections already stored unchanged would be skipped, at no cost)")
+    return EXIT_FAILED if failing else EXIT_OK
