@@ -1,0 +1,81 @@
+"""The async ingest pipeline over real PostgreSQL (issue #10): the sync store's contract,
+on both drivers, with the same accounting."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core import AsyncEmbeddingService, EmbeddingService, PostgresStore
+from core.async_postgres_store import AsyncPostgresStore
+from core.errors import StoreError
+from core.ingest_run import section_text
+from core.testing import expected_embedding
+
+DIMS = 1536
+
+
+def _sections(ids: Any) -> list[dict[str, Any]]:
+    return [{"id": i, "title": f"Title {i}", "content": f"Content about topic {i} and vectors."} for i in ids]
+
+
+def ingest(driver: str, dsn: str, base_url: str, sections: list[Any], **kw: Any) -> dict[str, Any]:
+    if driver == "sync":
+        with EmbeddingService(api_key="test-key", base_url=base_url) as service, PostgresStore(dsn) as store:
+            return store.batch_ingest_embeddings(sections, service, **kw)
+
+    async def main() -> dict[str, Any]:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=base_url) as service, AsyncPostgresStore(dsn) as store:
+            return await store.batch_ingest_embeddings(sections, service, **kw)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_ingest_then_rerun_skips_everything(driver, pg_conn, pg_dsn, fake_openai):
+    sections = _sections(range(1, 1201))
+    sections.append({"id": 5, "title": "dup", "content": "duplicate id"})
+    sections.append({"id": 9999, "title": "", "content": "bad \x00 byte"})
+    first = ingest(driver, pg_dsn, fake_openai.base_url, sections, batch_size=100)
+    assert first["success_count"] == 1200 and first["failed_count"] == 2
+    assert [f["code"] for f in first["failures"]] == ["duplicate_id", "invalid_section"]
+    rows = pg_conn.execute("select section_id, embedding from section_embeddings order by section_id").fetchall()
+    assert len(rows) == 1200
+    for section_id, vector in rows[::97]:
+        s = sections[section_id - 1]
+        np.testing.assert_array_equal(np.asarray(vector.to_numpy(), dtype=np.float32),
+                                      expected_embedding(section_text(s["title"], s["content"])))
+    requests_before = fake_openai.stats()["requests"]
+    again = ingest(driver, pg_dsn, fake_openai.base_url, sections, batch_size=100)
+    assert again["skipped_count"] == 1200 and again["success_count"] == 0
+    assert fake_openai.stats()["requests"] == requests_before  # nothing re-embedded
+
+
+def test_async_search_finds_the_section(pg_conn, pg_dsn, fake_openai):
+    sections = _sections(range(1, 51))
+    ingest("async", pg_dsn, fake_openai.base_url, sections)
+
+    async def main() -> list[dict[str, Any]]:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url) as service:
+            async with AsyncPostgresStore(pg_dsn, embedding_service=service) as store:
+                return await store.search(section_text("Title 17", "Content about topic 17 and vectors."), k=3)
+
+    hits = asyncio.run(main())
+    assert hits[0]["section_id"] == 17 and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_async_unreachable_store_fails_before_paying(fake_openai, tmp_path):
+    dsn = f"postgresql://nobody@/postgres?host={tmp_path}&port=1"
+
+    async def main() -> None:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url) as service:
+            store = AsyncPostgresStore(dsn, connect_timeout=2)
+            await store.batch_ingest_embeddings(_sections(range(1, 10)), service)
+
+    with pytest.raises(StoreError) as info:
+        asyncio.run(main())
+    assert info.value.report["success_count"] == 0  # type: ignore[attr-defined]
+    assert fake_openai.stats()["requests"] == 0
