@@ -1,5 +1,6 @@
-"""How a `Row` travels to PostgreSQL: typed binary parameters, the upsert statements, and the
-database's reason when it refuses one row. Used by `PostgresStore` (and the write-path benchmark)."""
+"""The SQL a section table is read and written with, shared by `PostgresStore` and `AsyncPostgresStore`:
+typed binary parameters of a `Row`, the upsert statements, the search statement (through
+the search function, or a `halfvec` scan), and the database's reason when it refuses one row."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import datetime as dt
 import re
 from typing import Any
 
-from .rows import Row
+from collections.abc import Iterator, Sequence
 
-__all__ = ["COLUMNS", "as_float32", "refusal_reason", "row_params", "upsert_sql"]
+from .rows import Row, vector_literal
+
+__all__ = ["COLUMNS", "as_float32", "chunks", "ef_search", "refusal_reason", "row_params", "search_sql", "upsert_sql"]
 
 COLUMNS = ("section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at")
 """The table's columns, in the order every write sends them."""
+
+EF_SEARCH_DEFAULT = 40
+"""pgvector's `hnsw.ef_search` default: an HNSW scan returns at most this many rows."""
+EF_SEARCH_MAX = 1000
+"""pgvector's upper bound for `hnsw.ef_search`."""
 
 _UNNEST = (
     "select * from unnest(%b::int8[], %b::text[], %b::vector[], %b::text[], %b::text[], %b::int4[], %b::timestamptz[])"
@@ -81,3 +89,32 @@ def refusal_reason(exc: Any) -> str:
     if sqlstate:
         message += f" [SQLSTATE {sqlstate}]"
     return message
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def search_sql(
+    table: str, match_function: str, dimensions: int, query: Any, k: int, threshold: float | None, *, halfvec_scan: bool
+) -> tuple[str, Any]:
+    """The statement (and its parameters) for the `k` rows nearest `query`, a float32 numpy vector.
+
+    Through the search function, or with ``halfvec_scan`` by a full scan with
+    `halfvec` distances, the query sent as text and cast straight to halfvec: no
+    `vector` arithmetic anywhere (for the pgvector build whose `vector` distances crash).
+    """
+    if not halfvec_scan:
+        return f"select section_id, title, similarity from {match_function}(%b, %s, %s)", (query, k, threshold)
+    distance = f"embedding::halfvec({dimensions}) <=> %(q)s::halfvec({dimensions})"
+    sql = (
+        f"select section_id, title, 1 - ({distance}) as similarity from {table} "
+        f"where %(t)s::float8 is null or 1 - ({distance}) >= %(t)s::float8 order by similarity desc limit %(k)s"
+    )
+    return sql, {"q": vector_literal(query.tolist()), "t": threshold, "k": k}
+
+
+def ef_search(k: int, *, halfvec_scan: bool = False) -> str | None:
+    """The `hnsw.ef_search` a search for `k` rows needs (an HNSW scan yields at most that many), or None."""
+    return str(min(k, EF_SEARCH_MAX)) if k > EF_SEARCH_DEFAULT and not halfvec_scan else None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import postgres_admin as admin
@@ -37,8 +37,8 @@ from .errors import ConfigurationError, InvalidInputError, MissingDependencyErro
 from .ingest import SectionStore
 from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE
 from .postgres_admin import INDEX_MEMORY_CAP, TableState
-from .postgres_rows import as_float32, refusal_reason, row_params, upsert_sql
-from .rows import Row, vector_literal
+from .postgres_rows import as_float32, chunks, ef_search, refusal_reason, row_params, search_sql, upsert_sql
+from .rows import Row
 from .schema import DEFAULT_DIMENSIONS, apply_schema_sql, render_schema, validate_dimensions, validate_identifier
 from .secrets import redact_dsn, scrub_dsn
 
@@ -52,8 +52,6 @@ __all__ = ["INDEX_MEMORY_CAP", "MAX_ROWS_PER_CHUNK", "PostgresStore", "TableStat
 MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""
 
-_EF_SEARCH_DEFAULT = 40  # pgvector's hnsw.ef_search default: an HNSW scan returns at most this many rows
-_EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
 
 _T = TypeVar("_T")
 
@@ -68,11 +66,6 @@ def _import_drivers() -> tuple[Any, Any, Callable[[Any], None]]:
             raise MissingDependencyError(package, "postgres", "PostgresStore") from None
     psycopg, pgvector_psycopg, numpy = modules
     return psycopg, numpy, pgvector_psycopg.register_vector
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class PostgresStore(SectionStore):
@@ -122,16 +115,9 @@ class PostgresStore(SectionStore):
         self.table = validate_identifier(table, "table")
         self.match_function = validate_identifier(match_function, "match function")
         self.dimensions = validate_dimensions(dimensions)
-        if (
-            isinstance(rows_per_chunk, bool)
-            or not isinstance(rows_per_chunk, int)
-            or not 1 <= rows_per_chunk <= MAX_ROWS_PER_CHUNK
-        ):
-            raise ConfigurationError(
-                f"rows_per_chunk must be an int from 1 to {MAX_ROWS_PER_CHUNK}, got {rows_per_chunk!r}"
-            )
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int) or connect_timeout < 1:
-            raise ConfigurationError(f"connect_timeout must be a positive int (seconds), got {connect_timeout!r}")
+        for name, value, high in (("rows_per_chunk", rows_per_chunk, MAX_ROWS_PER_CHUNK), ("connect_timeout", connect_timeout, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high and value > high):
+                raise ConfigurationError(f"{name} must be an int from 1{f' to {high}' if high else ''}, got {value!r}")
         self.rows_per_chunk = rows_per_chunk
         self.create_schema = create_schema
         self.connect_timeout = connect_timeout
@@ -351,28 +337,19 @@ class PostgresStore(SectionStore):
                 f"query vector has {query.size} dimensions, table {self.table!r} has {self.dimensions}"
             )
         conn = self._connection()
-        sql, params = self._search_sql(query, k, threshold)
+        sql, params = search_sql(
+            self.table, self.match_function, self.dimensions, query, k, threshold, halfvec_scan=self.halfvec_scan
+        )
+        widen = ef_search(k, halfvec_scan=self.halfvec_scan)
         try:
             with conn.transaction():
-                if k > _EF_SEARCH_DEFAULT and not self.halfvec_scan:
-                    # An HNSW scan yields at most ef_search rows: widen it for this transaction.
-                    conn.execute("select set_config('hnsw.ef_search', %s, true)", (str(min(k, _EF_SEARCH_MAX)),))
+                if widen is not None:  # for this transaction only
+                    conn.execute("select set_config('hnsw.ef_search', %s, true)", (widen,))
                 rows = conn.execute(sql, params).fetchall()
         except self._psycopg.Error as exc:
             self._discard_if_broken()
             raise self._error("search failed", exc) from None
         return [{"section_id": int(sid), "title": title, "similarity": float(sim)} for sid, title, sim in rows]
-
-    def _search_sql(self, query: Any, k: int, threshold: float | None) -> tuple[str, tuple[Any, ...]]:
-        if not self.halfvec_scan:
-            return f"select section_id, title, similarity from {self.match_function}(%b, %s, %s)", (query, k, threshold)
-        # The query goes as text, cast straight to halfvec: no `vector` arithmetic anywhere.
-        distance = f"embedding::halfvec({self.dimensions}) <=> %(q)s::halfvec({self.dimensions})"
-        sql = (
-            f"select section_id, title, 1 - ({distance}) as similarity from {self.table} "
-            f"where %(t)s::float8 is null or 1 - ({distance}) >= %(t)s::float8 order by similarity desc limit %(k)s"
-        )
-        return sql, {"q": vector_literal(query.tolist()), "t": threshold, "k": k}  # type: ignore[return-value]
 
     def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` (binary, chunked); return `{section_id: reason}` for rows not stored.
@@ -398,7 +375,7 @@ class PostgresStore(SectionStore):
             return failures
         conn = self._connection()
         items = list(prepared.items())
-        for done, chunk in enumerate(_chunks(items, self.rows_per_chunk)):
+        for done, chunk in enumerate(chunks(items, self.rows_per_chunk)):
             try:
                 with conn.transaction():
                     self._write_chunk(conn, [params for _, params in chunk])
