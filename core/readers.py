@@ -36,18 +36,8 @@ from typing import IO, Any
 
 from .errors import ConfigurationError
 
-__all__ = [
-    "FORMATS",
-    "InputFileError",
-    "SourceRecord",
-    "detect_format",
-    "read_records",
-    "read_jsonl",
-    "read_json",
-    "read_csv",
-    "count_records",
-    "to_section",
-]
+__all__ = ["FORMATS", "InputFileError", "SourceRecord", "count_records", "detect_format", "read_csv", "read_json",
+           "read_jsonl", "read_records", "to_section"]
 
 FORMATS = ("jsonl", "json", "csv")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
