@@ -25,10 +25,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_tokens_per_request": 300_000,
     "latency_base": 0.0,  # an answer leaves no sooner than latency_base +
     "latency_per_token": 0.0,  # latency_per_token * request tokens seconds after arrival
-    "fault_rates": {},  # {"500": p, "503": p, "hang": p, "short": p, "extra": p, "bad_index": p}
+    "fault_rates": {},  # {"500": p, "503": p, "hang": p, "short": p, "extra": p, "bad_index": p, "reset": p, "storm": p}
     "fault_script": [],  # fault names or "ok", consumed one per request before random faults
     "seed": 0,  # seed of the fault RNG
     "hang_seconds": 30.0,
+    "storm_seconds": 1.0,  # how long a 429 storm (fault "storm") lasts
     "quota_exhausted": False,
 }
 """Every config key and its default: no limits, no latency, no faults."""
@@ -55,7 +56,7 @@ def validate_config(changes: dict[str, Any]) -> None:
         number(key, positive=True, optional=True)
     for key in ("window_seconds", "max_inputs_per_request", "max_tokens_per_input", "max_tokens_per_request"):
         number(key, positive=True)
-    for key in ("latency_base", "latency_per_token", "hang_seconds"):
+    for key in ("latency_base", "latency_per_token", "hang_seconds", "storm_seconds"):
         number(key)
     if "fault_rates" in changes:
         rates = changes["fault_rates"]

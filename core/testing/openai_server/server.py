@@ -28,6 +28,7 @@ from .api import ApiError, ApiRequest, Endpoint, Reply, ms_since
 from .batches import BATCH_ROUTES, control as batch_control
 from .embeddings import create_embeddings
 from .files import FILE_ROUTES
+from .faults import send_then_reset
 from .state import State
 
 __all__ = ["API_ROUTES", "find_route", "main", "serve"]
@@ -99,6 +100,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: bytes | list[bytes | memoryview], headers: Iterable[tuple[str, str]] = ()
     ) -> None:
+        self.wfile.write(self._answer(status, body, headers))
+
+    def _answer(
+        self, status: int, body: bytes | list[bytes | memoryview], headers: Iterable[tuple[str, str]] = ()
+    ) -> bytes:
         payload = body if isinstance(body, bytes) else b"".join(body)
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
@@ -110,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             head.append("connection: close\r\n")
         head.append("\r\n")
-        self.wfile.write(b"".join(("".join(head).encode("latin-1"), payload)))
+        return b"".join(("".join(head).encode("latin-1"), payload))
 
     def _send_json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode())
@@ -184,9 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
                 headers += exc.headers or state.current_rate_headers()
                 reply = Reply(exc.status, [exc.body()], headers, fault=exc.fault)
         finally:  # before answering: a client then sees it in stats
-            state.end(start, reply.status, reply.tokens, reply.inputs, reply.fault)
+            answered = 0 if reply.fault == "reset" else reply.status  # a reset answer never arrives whole
+            state.end(start, answered, reply.tokens, reply.inputs, reply.fault)
         if reply.parts is None:
             self.close_connection = True  # a hang: close without answering
+        elif reply.fault == "reset":
+            self.close_connection = True
+            send_then_reset(self.connection, self.wfile, self._answer(reply.status, reply.parts, reply.headers))
         else:
             self._send(reply.status, reply.parts, reply.headers)
 

@@ -12,7 +12,7 @@ from typing import Any
 from core.tokens import count_tokens_batch
 
 from .config import DEFAULT_CONFIG, validate_config
-from .faults import draw_fault
+from .faults import draw_fault, storm_error
 from .ratelimit import RateLimits, quota_exhausted
 
 __all__ = ["State"]
@@ -31,6 +31,7 @@ class State:
         self.script: deque[str] = deque()
         self.limits = RateLimits(None, None, 60.0, time.monotonic())
         self.in_flight = 0
+        self.storm_until = 0.0  # time.monotonic() a 429 storm ends
         self.count_cache: dict[bytes, int] = {}
         self.reset_stats()
         self.merge(config, initial=True)
@@ -44,6 +45,8 @@ class State:
                 self.rng = random.Random(self.config["seed"])
             if initial or "fault_script" in changes:
                 self.script = deque(self.config["fault_script"])
+            if initial or {"fault_rates", "fault_script"} & set(changes):
+                self.storm_until = 0.0
             if initial or {"rpm", "tpm", "window_seconds"} & set(changes):
                 cfg = self.config
                 self.limits = RateLimits(cfg["rpm"], cfg["tpm"], cfg["window_seconds"], time.monotonic())
@@ -108,15 +111,21 @@ class State:
 
         Raises ApiError(429) when the quota is exhausted or a bucket lacks the
         request or its tokens. A request answered (not 500/503) consumes one
-        request and its tokens.
+        request and its tokens. During a 429 storm every request is refused.
         """
         with self.lock:
             limits = self.limits
-            limits.refill(time.monotonic())
+            now = time.monotonic()
+            limits.refill(now)
             if self.config["quota_exhausted"]:
                 raise quota_exhausted(limits.headers())
+            if now < self.storm_until:
+                raise storm_error(model, self.storm_until - now, limits.headers())
             limits.check(model, tokens)
             fault = draw_fault(self.script, self.config["fault_rates"], self.rng)
+            if fault == "storm":
+                self.storm_until = now + self.config["storm_seconds"]
+                raise storm_error(model, self.config["storm_seconds"], limits.headers())
             if fault not in ("500", "503"):
                 limits.consume(tokens)
             return fault, limits.headers()
