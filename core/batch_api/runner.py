@@ -163,11 +163,14 @@ class Runner:
             batch = self.remote.retrieve(entry["batch_id"])
             self.polls += 1
             counts = getattr(batch, "request_counts", None)
-            done = getattr(counts, "completed", 0) + getattr(counts, "failed", 0) if counts is not None else 0
+            completed, failed = (getattr(counts, "completed", 0), getattr(counts, "failed", 0)) if counts else (0, 0)
+            done = completed + failed
             if batch.status != entry.get("status") or done != entry.get("done", 0):
                 moved = True
                 entry.update(status=batch.status, done=done)
-                self.on_status(f"{entry['key']}: {batch.status}, {done:,} of {entry['lines']:,} requests done")
+                detail = f", {failed:,} failed or not run" if failed else ""
+                self.on_status(f"{entry['key']}: {batch.status}, {completed:,} of {entry['lines']:,} requests "
+                               f"done{detail}")
             if batch.status in TERMINAL:
                 others = any(e is not entry and e.get("status") in ACTIVE for e in self.in_flight())
                 self.collector.collect(entry, batch, others_in_flight=others)
