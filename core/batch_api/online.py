@@ -105,4 +105,6 @@ def finish_online(
         if not store_failed:
             entry.pop("store_failed", None)
         job.save()
+        if not entry.get("failed") and not entry.get("retry") and not entry.get("store_failed"):
+            job.requests_path(entry["key"]).unlink(missing_ok=True)  # nothing left that needs its inputs
     return stats

@@ -51,13 +51,13 @@ class Remote:
         self.sleep = sleep
         self.calls = 0
 
-    def _call(self, doing: str, fn: Callable[[], T]) -> T:
+    def _call(self, doing: str, fn: Callable[[], T], policy: RetryPolicy | None = None) -> T:
         def attempt() -> T:
             self.calls += 1
             return fn()
 
         try:
-            return call_with_retries(attempt, self.policy, sleep=self.sleep)
+            return call_with_retries(attempt, policy or self.policy, sleep=self.sleep)
         except Exception as exc:
             described = self.attempts.describe(exc)
             if is_endpoint_problem(exc):
@@ -109,8 +109,15 @@ class Remote:
     def retrieve(self, batch_id: str) -> Any:
         return self._call(f"retrieving {batch_id}", lambda: self.client.batches.retrieve(batch_id))
 
-    def cancel(self, batch_id: str) -> Any:
-        return self._call(f"cancelling {batch_id}", lambda: self.client.batches.cancel(batch_id))
+    def cancel(self, batch_id: str) -> Any | None:
+        """Ask the API to cancel a batch; None when it had ended already (409: nothing to cancel)."""
+        policy = RetryPolicy(self.policy.max_retries, retryable=lambda exc: should_retry(exc) and error_status(exc) != 409)
+        try:
+            return self._call(f"cancelling {batch_id}", lambda: self.client.batches.cancel(batch_id), policy)
+        except EmbeddingAPIError as exc:
+            if exc.status_code == 409:
+                return None
+            raise
 
     def download(self, file_id: str, path: Path) -> Path:
         """Stream file `file_id` to `path` (through a temporary name); returns `path`."""

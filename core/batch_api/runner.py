@@ -243,8 +243,9 @@ class Runner:
         for entry in self.in_flight():
             if entry.get("status") in ("validating", "in_progress", "finalizing"):
                 batch = self.remote.cancel(entry["batch_id"])
-                entry["status"] = batch.status
-                cancelled.append(entry["batch_id"])
+                if batch is not None:  # None: it ended meanwhile
+                    entry["status"] = batch.status
+                    cancelled.append(entry["batch_id"])
         self.job.save()
         return cancelled
 

@@ -202,3 +202,18 @@ def test_edited_sections_go_again_and_unchanged_ones_are_skipped(tmp_path, servi
     report = job.run(items + sections(5, start=41))
     assert (report["success_count"], report["skipped_count"]) == (6, 39)
     assert server_inputs(control) == (2, 46)
+
+
+def test_cancelling_a_batch_that_ended_meanwhile_is_a_no_op(tmp_path, service, store, control, pg_conn):
+    control.configure(in_progress_seconds=100)
+    job = make_job(tmp_path, service, store, control)
+    job.run(sections(30), wait=False)
+    control.advance(200)  # completed on the server; the job last saw it in progress
+    assert job.cancel() == []
+    assert job.run(sections(30))["success_count"] == 30
+
+
+def test_the_service_method_runs_a_job(tmp_path, service, store, control, pg_conn):
+    report = service.submit_batch(sections(10), store, tmp_path / "job", sleep=control.advance)
+    assert (report["success_count"], report["pending_count"]) == (10, 0)
+    assert (tmp_path / "job" / "job.json").is_file()
