@@ -61,11 +61,16 @@ _ENDPOINT_STATUSES = frozenset({401, 403, 404})
 
 
 def is_endpoint_problem(exc: BaseException) -> bool:
-    """A failure that says the endpoint, key or account is wrong, not this request."""
+    """A failure that says the endpoint, key or account is wrong, not this request.
+
+    Of connection errors only a failure to connect counts (refused, unknown host): a
+    connection reset mid-answer, or closed without one, is a transient fault, retried
+    even on the very first request (the fault suite's `test_*_on_the_first_request`).
+    """
     import openai
 
     if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-        return True
+        return isinstance(exc.__cause__, (_sdk_httpx.ConnectError, _sdk_httpx.UnsupportedProtocol))
     status = error_status(exc)
     return status in _ENDPOINT_STATUSES or (status == 429 and error_code(exc) == "insufficient_quota")
 

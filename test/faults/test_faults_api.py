@@ -126,11 +126,6 @@ def test_api_connection_resets(openai_env: Any, pg_conn: Any, pg_dsn: str) -> No
     rerun_fault_free(fake, pg_dsn, "faults_reset", sections, first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG core/engine/attempts.py is_endpoint_problem: any APIConnectionError before the first answer "
-    "(a reset, a server closing without answering) is taken for a wrong endpoint: EndpointError stops the run",
-)
 @pytest.mark.parametrize("fault", ["reset", "hang"])
 def test_api_fault_on_the_first_request(openai_env: Any, pg_conn: Any, pg_dsn: str, fault: str) -> None:
     """A connection that dies mid-answer on the very first request is a transient fault, not a wrong endpoint.

@@ -71,11 +71,6 @@ def test_cli_every_fault_at_once_then_rerun(openai_env: Any, pg_conn: Any, pg_ds
     assert all(after.stored[i] == stamp for i, stamp in first.stored.items()), "the re-run rewrote stored rows"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG core/engine/attempts.py is_endpoint_problem: a connection reset on the first request is taken "
-    "for a wrong endpoint (EndpointError, exit 2) instead of being retried",
-)
 def test_cli_reset_on_the_first_request(openai_env: Any, pg_conn: Any, pg_dsn: str, tmp_path: Path) -> None:
     fake = openai_env
     sections = make_sections(100, seed=22)

@@ -34,6 +34,7 @@ __all__ = [
     "Response",
     "Usage",
     "connection_error",
+    "refused_error",
     "encode",
     "good_response",
     "status_error",
@@ -193,3 +194,10 @@ def timeout_error():
 
 def connection_error():
     return openai.APIConnectionError(message="Connection reset by peer", request=httpx2.Request("POST", URL))
+
+
+def refused_error():
+    """A connection refused: the SDK's APIConnectionError caused by httpx's ConnectError (a wrong URL or port)."""
+    error = openai.APIConnectionError(message="Connection error.", request=httpx2.Request("POST", URL))
+    error.__cause__ = httpx2.ConnectError("[Errno 111] Connection refused")
+    return error

@@ -17,6 +17,7 @@ from engine_helpers import make
 from fake_openai_client import (
     FakeOpenAIClient,
     connection_error,
+    refused_error,
     good_response,
     status_error,
     timeout_error,
@@ -65,7 +66,7 @@ def test_first_request_timeout_is_still_retried():
 
 @pytest.mark.parametrize(
     "make_error",
-    [connection_error, lambda: status_error(401), lambda: status_error(403), lambda: status_error(404)],
+    [refused_error, lambda: status_error(401), lambda: status_error(403), lambda: status_error(404)],
     ids=["refused", "401", "403", "404"],
 )
 def test_unusable_endpoint_stops_at_the_first_request(make_error):
