@@ -219,6 +219,9 @@ class Attempts:
                 text += f" (request_id={request_id})"
         else:
             text = f"{type(exc).__name__}: {message}"
+            cause = exc.__cause__
+            if cause is not None and str(cause):  # the SDK says "Connection error."; httpx says why
+                text += f" ({type(cause).__name__}: {cause})"
         return self.redact(text)
 
     def redact(self, text: str) -> str:
