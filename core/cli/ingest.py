@@ -29,11 +29,7 @@ from .targets import database, embedded_problem, open_supabase, postgres_store, 
 
 __all__ = ["run"]
 
-RUN_STOPPING = tuple(
-    cls for cls in (errors.StoreError, errors.ConfigurationError, errors.MissingDependencyError,
-                    getattr(errors, "EndpointError", None))
-    if cls is not None
-)
+RUN_STOPPING = (errors.StoreError, errors.ConfigurationError, errors.MissingDependencyError, errors.EndpointError)
 """Errors that stop the whole run and that the user must fix (exit 2, no failed-sections file)."""
 
 
@@ -72,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             note(f"target: {target.describe()}, table {args.table}")
             build_index = False
             if target.kind == "supabase":
-                store = open_supabase(target, args.table)
+                store = open_supabase(target, args.table, size)
             else:
                 problem = embedded_problem(target)
                 dsn = stack.enter_context(database(target, note))

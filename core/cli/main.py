@@ -16,11 +16,7 @@ from .parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["main"]
 
-FIX_FIRST = tuple(
-    cls for cls in (errors.ConfigurationError, errors.MissingDependencyError, errors.StoreError,
-                    getattr(errors, "EndpointError", None))
-    if cls is not None
-)
+FIX_FIRST = (errors.ConfigurationError, errors.MissingDependencyError, errors.StoreError, errors.EndpointError)
 """Errors the user must fix before anything can work (setting, package, database, embeddings endpoint): exit 2."""
 
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         if target.kind == "supabase":
             service = make_service(args, dimensions=args.dimensions)
             stack.callback(service.close)
-            store = open_supabase(target, args.table)
+            store = open_supabase(target, args.table, args.dimensions)
         else:
             dsn = stack.enter_context(database(target, Note(True), must_exist=True))
             store, service = _open_postgres(args, target, dsn, note, stack)

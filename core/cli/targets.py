@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..secrets import redact_dsn
-from .console import SECRETS, Note, one_line, prog
+from .console import SECRETS, Note, one_line
 from .parser import UsageError
 
 __all__ = ["Target", "database", "embedded_problem", "open_supabase", "postgres_store", "prepare_load", "select_target"]
@@ -170,24 +170,18 @@ def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool) -> bo
     return build_after
 
 
-def open_supabase(target: Target, table: str) -> Any:
-    """A `SupabaseStore`, after one read that proves the table is there (before anything is paid for)."""
+def open_supabase(target: Target, table: str, dimensions: int | None) -> Any:
+    """A `SupabaseStore`, after its preflight read (reachable, table there, vector size): before anything is paid for.
+
+    Raises:
+        UsageError: The URL or key cannot even make a client.
+        StoreError: The preflight failed (one line naming URL and table, never the key).
+    """
     from ..supabase_store import SupabaseStore
 
     try:
         store = SupabaseStore(target.url, target.key, table=table)
     except Exception as exc:  # supabase's own errors (bad URL...) have no common base
         raise UsageError(f"cannot use Supabase at {target.url}: {one_line(exc)}") from None
-    try:
-        store.client.table(table).select("section_id,content_hash,model").limit(1).execute()
-    except Exception as exc:
-        import httpx
-
-        reason = one_line(str(exc) or type(exc).__name__)
-        if isinstance(exc, httpx.TransportError):
-            raise UsageError(f"cannot reach Supabase at {target.url}: {reason}") from None
-        hint = ""
-        if str(getattr(exc, "code", "")) in ("PGRST205", "42P01", "PGRST204", "42703"):
-            hint = f" (create it: paste the output of `{prog()} schema` into Supabase's SQL editor)"
-        raise UsageError(f"cannot read table {table!r} on Supabase {target.url}: {reason}{hint}") from None
+    store.preflight(dimensions)
     return store

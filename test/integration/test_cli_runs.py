@@ -137,9 +137,12 @@ def test_every_section_failing_builds_no_index(in_process: Any, pg_dsn: str, pg_
     assert "HNSW" not in captured.err and "index" not in captured.err
 
 
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
+def wait_for(condition: Any, timeout: float = 60.0, proc: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the CLI ended early ({proc.returncode}):\n{out}\n{err}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
@@ -152,7 +155,7 @@ def test_ctrl_c_says_exactly_how_many_sections_were_stored(
                      "--no-index", "--batch-size", "4", "--concurrency", "1", env=clean_env(fake_openai))
     count = "select count(*) from cli_sigint"
     wait_for(lambda: pg_conn.execute("select to_regclass('cli_sigint') is not null").fetchone()[0]
-             and pg_conn.execute(count).fetchone()[0] >= 8)
+             and pg_conn.execute(count).fetchone()[0] >= 8, proc=proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -168,7 +171,7 @@ def test_sigterm_stops_cleanly_and_lets_go_of_the_embedded_server(fake_openai: A
     fake_openai.configure(latency_base=0.3)
     proc = start_cli("ingest", str(EXAMPLE), "--data-dir", str(data_dir), "--dimensions", "8", "--no-index",
                      "--batch-size", "2", "--concurrency", "1", env=clean_env(fake_openai))
-    wait_for(lambda: fake_openai.stats()["requests"] >= 3)
+    wait_for(lambda: fake_openai.stats()["requests"] >= 3, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
