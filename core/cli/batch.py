@@ -124,6 +124,9 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
     if batch:
         note(f"Batch API: {batch['batches']:,} batch(es) in the job, {batch['batches_submitted']:,} submitted "
              f"and {batch['rows_written']:,} rows written by this run")
+    if report.get("pending_count"):
+        note(f"{report['pending_count']:,} sections are in batches still with the API: run the same command again "
+             "to collect them (nothing is submitted twice)")
     return outcome
 
 
