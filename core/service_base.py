@@ -182,10 +182,19 @@ class EmbeddingServiceBase:
 
     # --- planning ------------------------------------------------------------------------
 
-    def plan(self, texts: Sequence[Any], *, max_batch_size: int | None = None, probe: bool = False) -> EmbedPlan:
+    def plan(
+        self, texts: Sequence[Any], *, max_batch_size: int | None = None, probe: bool = False, paced: bool = True
+    ) -> EmbedPlan:
         """The requests `texts` would be sent in, with every unsendable input's reason — no I/O.
 
         Used by the drivers, the Batch API and the CLI's dry run alike.
+
+        Args:
+            texts: The inputs.
+            max_batch_size: Inputs per request (default: the service's).
+            probe: Make the first request a small probe (the online drivers, limits unknown).
+            paced: Size requests to the known tokens-per-minute budget. The Batch API passes
+                False: its requests are not paced by that budget, only by the API's caps.
         """
         limit = self.max_batch_size if max_batch_size is None else max_batch_size
         _check_range("max_batch_size", limit, 1, MAX_INPUTS_PER_REQUEST)
@@ -195,7 +204,7 @@ class EmbeddingServiceBase:
             max_tokens_per_request=self.max_tokens_per_request,
             max_tokens_per_input=self.max_tokens_per_input,
             truncate=self.truncate,
-            budget=self.limiter.tokens.capacity,
+            budget=self.limiter.tokens.capacity if paced else None,
             probe=probe,
         )
 

@@ -159,7 +159,7 @@ class Preparer:
     # --- planning -------------------------------------------------------------------------
     def _flush(self) -> None:
         items, self._pending = self._pending[: self.plan_window], self._pending[self.plan_window :]
-        plan = self.service.plan([item.text for item in items], max_batch_size=self.batch_size, probe=False)
+        plan = self.service.plan([item.text for item in items], max_batch_size=self.batch_size, paced=False)
         for position, reason in plan.errors.items():  # not sendable (too long...): fails alone, as online
             item = items[position]
             self.run.fail(item.index, item.section_id, "embedding_failed", f"embedding failed: {reason}")
