@@ -5,6 +5,13 @@ failure names its section; running the requests concurrently makes row by row
 cost little more than the database's own per-row time. `rows_per_request=N`
 opts into bulk requests, which fall back to row by row for a failed chunk (to
 find the bad rows) and halve a chunk answered 413 or a statement timeout.
+
+Each row is turned into JSON by the worker thread that sends it, just before
+its request: nothing is built ahead (a window of 8,192 rows would otherwise hold
+~170 MB of vector text before the first request left), and the formatting of
+one row overlaps the requests of the others in flight. Retries go through the
+library's one retry loop (`core.retry.call_with_retries`) with the store's own
+`RetryPolicy`; failure reasons pass through `core.secrets.redact`.
 """
 
 from __future__ import annotations
@@ -15,22 +22,28 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from supabase import create_client
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreError
 from .ingest import SectionStore
+from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY
+from .retry import RetryPolicy, call_with_retries, error_headers, retry_after_seconds
 from .rows import Row, vector_literal
 from .schema import validate_identifier
+from .secrets import redact
 
 __all__ = ["SupabaseStore"]
 
-DEFAULT_TABLE = "section_embeddings"
-DEFAULT_MAX_CONCURRENCY = 16
-"""Upserts in flight at once: enough to hide ~20 ms of round trip per row."""
+T = TypeVar("T")
+
 DEFAULT_ROW_RETRIES = 2
+"""Retries of a row (or chunk) after a transient error."""
+ROW_RETRY_FIRST_DELAY = 0.5
+"""Seconds before the first retry of a row; doubles each retry, up to `ROW_RETRY_MAX_DELAY`."""
+ROW_RETRY_MAX_DELAY = 4.0
 
 # PostgREST answers transient trouble with these codes (its own PGRST00x for
 # connection/pool problems, SQLSTATEs for timeouts, deadlocks, serialization).
@@ -38,6 +51,22 @@ _TRANSIENT_CODES = frozenset(
     {"57014", "40001", "40P01", "53300", "55P03", "PGRST000", "PGRST001", "PGRST002", "PGRST003"}
 )
 _SHRINK_CODES = frozenset({"413", "57014"})  # too large / statement timeout: smaller chunks help
+_NO_TABLE_CODES = frozenset({"PGRST205", "42P01"})  # PostgREST's schema cache / PostgreSQL: no such table
+_NO_COLUMN_CODES = frozenset({"42703", "PGRST204"})
+_PREFLIGHT_COLUMNS = "section_id,content_hash,model,embedding"
+"""What the store reads and writes: a select of these finds a missing column too."""
+
+
+def row_retry_delay(attempt: int, exc: BaseException) -> float:
+    """Seconds before retry number `attempt` (1-based) of a row or chunk that failed with `exc`.
+
+    The server's ``retry-after-ms`` / ``retry-after`` wins when the answer carried
+    one (capped by `core.limits.MAX_RETRY_AFTER`); otherwise 0.5, 1, 2, 4, 4... s.
+    """
+    server = retry_after_seconds(error_headers(exc))
+    if server is not None:
+        return server
+    return min(ROW_RETRY_FIRST_DELAY * 2 ** (attempt - 1), ROW_RETRY_MAX_DELAY)
 
 
 class SupabaseStore(SectionStore):
@@ -49,7 +78,10 @@ class SupabaseStore(SectionStore):
             Never logged or shown.
         table: Table name (a plain SQL identifier); create it with
             ``python -m core schema``.
-        client: A ready supabase client (then `url`/`key` are unused).
+        client: A ready supabase client (then `url`/`key` are unused). It keeps its own
+            settings: supabase-py retries reads itself (GET, 503 / network errors, real
+            sleeps) unless it was created with ``postgrest_client_retry=False``, as the
+            store's own client is.
         match_function: The search RPC created by the schema.
         embedding_service: Default service for `search`.
         max_concurrency: Upsert requests in flight at once.
@@ -68,9 +100,9 @@ class SupabaseStore(SectionStore):
         *,
         table: str = DEFAULT_TABLE,
         client: Any = None,
-        match_function: str = "match_sections",
+        match_function: str = DEFAULT_MATCH_FUNCTION,
         embedding_service: Any = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int = SUPABASE_MAX_CONCURRENCY,
         rows_per_request: int = 1,
         row_retries: int = DEFAULT_ROW_RETRIES,
         sleep: Callable[[float], None] = time.sleep,
@@ -87,8 +119,9 @@ class SupabaseStore(SectionStore):
         self.rows_per_request = rows_per_request
         self.row_retries = row_retries
         self._sleep = sleep
-        self._local = threading.local()  # per thread: HTTP status of the last PostgREST answer
+        self._local = threading.local()  # per thread: the last HTTP answer PostgREST gave
         self._watched: Any = None
+        self._own_client = client is None
         self.url = url or os.environ.get("SUPABASE_URL")
         if client is not None:
             self.client = client
@@ -117,15 +150,71 @@ class SupabaseStore(SectionStore):
         # Through this module's `datetime`, so tests can pin the clock.
         return datetime.now(timezone.utc).isoformat()
 
+    # --- retries -------------------------------------------------------------------------
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How a row (or a one-row chunk) is retried: transient errors, `row_retries` times."""
+        return RetryPolicy(max_retries=self.row_retries, retryable=_is_transient, delay=row_retry_delay)
+
+    @property
+    def _chunk_policy(self) -> RetryPolicy:
+        # A chunk answered 413 / statement timeout is halved at once, not sent again as it is.
+        return RetryPolicy(max_retries=self.row_retries, retryable=_is_transient_whole, delay=row_retry_delay)
+
     # --- SectionStore --------------------------------------------------------------------
 
+    def preflight(self, dimensions: int | None) -> None:
+        """Before any embedding is paid for: the table answers, has the store's columns and,
+        when a stored row can tell, holds vectors of `dimensions`.
+
+        One ``select section_id,content_hash,model,embedding ... limit 1`` through
+        supabase-py (transient failures retried like a row). Through PostgREST the
+        vector width of an empty table cannot be read, so then only the rest is checked.
+
+        Raises:
+            StoreError: One line naming the URL and the table (never the key): unreachable,
+                no such table or column, key refused, or vectors of another width.
+        """
+        self._prepare_client()
+
+        def select_one() -> Any:
+            return self._call(lambda: self.client.table(self.table).select(_PREFLIGHT_COLUMNS).limit(1).execute())
+
+        try:
+            response = call_with_retries(select_one, self.retry_policy, sleep=self._sleep)
+        except Exception as exc:
+            raise StoreError(self._preflight_problem(exc)) from None
+        data = getattr(response, "data", None)
+        if dimensions is None or not isinstance(data, list) or not data or not isinstance(data[0], dict):
+            return
+        width = _vector_width(data[0].get("embedding"))
+        if width is not None and width != dimensions:
+            where = f"Supabase at {self.url}" if self.url else "Supabase"
+            raise StoreError(
+                f"table {self.table!r} on {where} holds {width}-dimensional vectors, "
+                f"but the embeddings have {dimensions} dimensions"
+            )
+
     def fetch_hashes(self, section_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        response = (
-            self.client.table(self.table)
-            .select("section_id,content_hash,model")
-            .in_("section_id", list(section_ids))
-            .execute()
-        )
+        """`{section_id: (content_hash, model)}` for the ids already stored (one request).
+
+        Transient failures are retried like a row's; then errors propagate as the
+        client raised them (an answer without a code carries its HTTP status as
+        `code`): the ingest turns them into a `StoreError` and stops before paying
+        for embeddings.
+        """
+        ids = list(section_ids)
+
+        def select() -> Any:
+            return self._call(
+                lambda: self.client.table(self.table)
+                .select("section_id,content_hash,model")
+                .in_("section_id", ids)
+                .execute()
+            )
+
+        response = call_with_retries(select, self.retry_policy, sleep=self._sleep)
         found: dict[int, tuple[str, str]] = {}
         for record in response.data or []:
             if isinstance(record, dict) and "section_id" in record:
@@ -134,15 +223,11 @@ class SupabaseStore(SectionStore):
 
     def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         self._prepare_client()  # before the threads: supabase-py may have dropped it
-        payloads = [self.row_payload(row) for row in rows]
         if self.rows_per_request == 1:
-            return self._write_each(payloads)
-        chunks = [payloads[i : i + self.rows_per_request] for i in range(0, len(payloads), self.rows_per_request)]
-        failures: dict[int, str] = {}
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-            for result in pool.map(self._write_chunk, chunks):
-                failures.update(result)
-        return failures
+            return self._concurrently(self._write_row, rows)
+        n = self.rows_per_request
+        chunks = [rows[i : i + n] for i in range(0, len(rows), n)]
+        return self._concurrently(lambda chunk: self._write_chunk([self.row_payload(r) for r in chunk]), chunks)
 
     def search_vector(
         self, vector: Sequence[float], k: int = 5, threshold: float | None = None
@@ -167,103 +252,135 @@ class SupabaseStore(SectionStore):
         }
 
     def _prepare_client(self) -> None:
-        """Build supabase-py's PostgREST client now, once, and watch its answers' statuses.
+        """Build supabase-py's PostgREST client now, once, and watch its answers.
 
         supabase-py builds `client.postgrest` lazily with no lock (and drops it on
         auth events): left to the first concurrent upserts, each thread built its own
-        PostgREST client and HTTP connection pool, all but one leaked. And PostgREST's
-        `APIError` keeps no HTTP status: a gateway's 502/503/504/429 or 413 with a
-        JSON body but no `code` (``{"message": "..."}``) would look permanent. A
-        response hook on the session records each thread's last status instead.
+        PostgREST client and HTTP connection pool, all but one leaked. On the store's
+        own client, postgrest-py's own retries of reads are turned off (the store
+        retries). And PostgREST's `APIError` keeps no HTTP status or headers: a
+        gateway's 502/503/504/429 or 413 with a JSON body but no `code`
+        (``{"message": "..."}``) would look permanent, and a `Retry-After` would be
+        lost. A response hook on the session records each thread's last answer instead.
         """
         try:
-            session = getattr(getattr(self.client, "postgrest", None), "session", None)
+            postgrest = getattr(self.client, "postgrest", None)
+            session = getattr(postgrest, "session", None)
         except Exception:  # an unusual client: no hook, codes as the errors carry them
             return
         if not isinstance(session, httpx.Client) or session is self._watched:
             return
+        if self._own_client and hasattr(postgrest, "retry_enabled"):
+            # One retry loop: the store's. postgrest-py would otherwise retry reads itself,
+            # with real sleeps (1, 2, 4 s), under the store's retries.
+            postgrest.retry_enabled = False
         hooks = dict(session.event_hooks)
-        hooks["response"] = [*hooks.get("response", []), self._observe_status]
+        hooks["response"] = [*hooks.get("response", []), self._observe_response]
         session.event_hooks = hooks
         self._watched = session
 
-    def _observe_status(self, response: httpx.Response) -> None:
-        self._local.status = response.status_code
+    def _observe_response(self, response: httpx.Response) -> None:
+        self._local.response = response
 
-    def _upsert(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
-        self._local.status = None
+    def _call(self, request: Callable[[], T]) -> T:
+        """Run one supabase-py request; a failure answered over HTTP comes back with its status and headers."""
+        self._local.response = None
         try:
-            self.client.table(self.table).upsert(body, on_conflict="section_id", returning="minimal").execute()
+            return request()
         except Exception as exc:
-            status = getattr(self._local, "status", None)
-            if _error_code(exc) is None and isinstance(status, int) and status >= 400:
-                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                raise _HTTPStatusError(status, message) from exc
+            response = getattr(self._local, "response", None)
+            if isinstance(response, httpx.Response) and response.status_code >= 400:
+                raise _ResponseError(exc, response) from exc
             raise
 
-    def _write_each(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
+    def _upsert(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self._call(
+            lambda: self.client.table(self.table).upsert(body, on_conflict="section_id", returning="minimal").execute()
+        )
+
+    def _concurrently(self, write: Callable[[T], dict[int, str]], items: Sequence[T]) -> dict[int, str]:
+        """`write` each item (a row or a chunk) on up to `max_concurrency` threads; the merged failures."""
         failures: dict[int, str] = {}
-        if len(payloads) == 1 or self.max_concurrency == 1:
-            results = [self._write_one(p) for p in payloads]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(payloads))) as pool:
-                results = list(pool.map(self._write_one, payloads))
-        for payload, reason in zip(payloads, results):
-            if reason is not None:
-                failures[payload["section_id"]] = reason
+        workers = min(self.max_concurrency, len(items))
+        if workers <= 1:
+            for item in items:
+                failures.update(write(item))
+            return failures
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="supabase-write") as pool:
+            for result in pool.map(write, items):
+                failures.update(result)
         return failures
 
+    def _write_row(self, row: Row) -> dict[int, str]:
+        reason = self._write_one(self.row_payload(row))
+        return {} if reason is None else {row.section_id: reason}
+
+    def _write_each(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
+        def write(payload: dict[str, Any]) -> dict[int, str]:
+            reason = self._write_one(payload)
+            return {} if reason is None else {payload["section_id"]: reason}
+
+        return self._concurrently(write, payloads)
+
     def _write_one(self, payload: dict[str, Any]) -> str | None:
-        """Upsert one row with retries on transient errors; the reason if it failed for good."""
-        attempt = 0
-        while True:
-            try:
-                self._upsert(payload)
-                return None
-            except Exception as exc:  # every failure becomes this row's reason
-                if attempt >= self.row_retries or not _is_transient(exc):
-                    return self._reason(exc)
-                attempt += 1
-                self._sleep(min(0.25 * 2**attempt, 4.0))
+        """Upsert one row, retried per `retry_policy`; the reason if it failed for good."""
+        try:
+            call_with_retries(lambda: self._upsert(payload), self.retry_policy, sleep=self._sleep)
+            return None
+        except Exception as exc:  # every failure becomes this row's reason
+            return self._reason(exc)
 
     def _write_chunk(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
         """Bulk upsert; halve on 413/timeout; row by row to isolate other failures."""
-        attempt = 0
-        while True:
-            try:
-                self._upsert(payloads)
-                return {}
-            except Exception as exc:
-                code = _error_code(exc)
-                if code in _SHRINK_CODES and len(payloads) > 1:
-                    half = len(payloads) // 2
-                    failures = self._write_chunk(payloads[:half])
-                    failures.update(self._write_chunk(payloads[half:]))
-                    return failures
-                if _is_transient(exc) and attempt < self.row_retries:
-                    attempt += 1
-                    self._sleep(min(0.25 * 2**attempt, 4.0))
-                    continue
-                if len(payloads) == 1:
-                    return {payloads[0]["section_id"]: self._reason(exc)}
-                return self._write_each(payloads)
+        policy = self._chunk_policy if len(payloads) > 1 else self.retry_policy
+        try:
+            call_with_retries(lambda: self._upsert(payloads), policy, sleep=self._sleep)
+            return {}
+        except Exception as exc:
+            if len(payloads) == 1:
+                return {payloads[0]["section_id"]: self._reason(exc)}
+            if _error_code(exc) in _SHRINK_CODES:
+                half = len(payloads) // 2
+                failures = self._write_chunk(payloads[:half])
+                failures.update(self._write_chunk(payloads[half:]))
+                return failures
+            return self._write_each(payloads)
 
     def _reason(self, exc: BaseException) -> str:
         code = _error_code(exc)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         text = f"{code}: {message}" if code else f"{type(exc).__name__}: {message}"
-        if self._key:
-            text = text.replace(self._key, "***")
-        return text
+        return redact(text, self._key)
+
+    def _preflight_problem(self, exc: BaseException) -> str:
+        """One line for a failed preflight, naming the URL and the table."""
+        reason = _one_line(self._reason(exc))
+        where = f"Supabase at {self.url}" if self.url else "Supabase"
+        code = _error_code(exc)
+        if isinstance(exc, httpx.TransportError):
+            return f"cannot reach {where}: {reason}"
+        hint = "create it: paste the output of `python -m core schema` into Supabase's SQL editor"
+        if code in _NO_TABLE_CODES:
+            return f"table {self.table!r} does not exist on {where} ({hint}): {reason}"
+        if code == "404":
+            return f"{where} has no table {self.table!r} (or is not a Supabase project URL): {reason}"
+        if code in _NO_COLUMN_CODES:
+            return f"table {self.table!r} on {where} lacks a column the store uses ({hint}): {reason}"
+        if code in ("401", "403", "42501") or (code or "").startswith("PGRST3"):
+            return f"{where} refused the key for table {self.table!r}: {reason}"
+        return f"cannot read table {self.table!r} on {where}: {reason}"
 
 
-class _HTTPStatusError(Exception):
-    """A PostgREST failure whose body named no error code: its HTTP status stands in."""
+class _ResponseError(Exception):
+    """A PostgREST failure with the HTTP answer it came with: its code (the HTTP status when
+    the body named none), message, status and headers (so a `Retry-After` is honoured)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.code = str(status)
-        self.message = message
+    def __init__(self, cause: BaseException, response: httpx.Response) -> None:
+        self.message = getattr(cause, "message", None) or str(cause) or type(cause).__name__
+        super().__init__(self.message)
+        self.code = _error_code(cause) or str(response.status_code)
+        self.status_code = response.status_code
+        self.response = response
 
 
 def _error_code(exc: BaseException) -> str | None:
@@ -284,3 +401,25 @@ def _is_transient(exc: BaseException) -> bool:
     # digits. SQLSTATEs are five characters and many are all digits (23505, 42501,
     # 22003): those are permanent unless listed above, not "status >= 500".
     return len(code) == 3 and code.isdigit() and (int(code) >= 500 or int(code) in (408, 429))
+
+
+def _is_transient_whole(exc: BaseException) -> bool:
+    """Worth sending a multi-row chunk again as it is: transient, and not a sign it is too big."""
+    return _is_transient(exc) and _error_code(exc) not in _SHRINK_CODES
+
+
+def _vector_width(value: Any) -> int | None:
+    """Dimensions of a vector as PostgREST returns it (pgvector text ``[1,2,3]``), None if unknown."""
+    if isinstance(value, list):
+        return len(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    return text.count(",") + 1 if text[1:-1].strip() else 0
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

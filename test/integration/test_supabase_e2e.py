@@ -151,7 +151,7 @@ def test_rows_land_with_exactly_the_served_vectors(
     posts = writes(stats)
     assert len(posts) == 48 and stats["rows_written"] == 48  # one row per request
     assert all(entry[4] == 201 and "on_conflict=section_id" in entry[3] for entry in posts)
-    assert stats["by_kind"]["read"] == 1  # one stored-hash lookup
+    assert stats["by_kind"]["read"] == 2  # the store's preflight, then one stored-hash lookup
     assert stats["max_in_flight"] > 1  # the upserts overlapped
     assert fake_openai.stats()["inputs_ok"] == 48
 
@@ -173,7 +173,7 @@ def test_rerun_skips_everything_without_calling_the_api(
     assert sorted(result["skipped_ids"]) == [s["id"] for s in sections]
     assert fake_openai.stats()["requests"] == 0
     stats = rest.stats()
-    assert stats["by_kind"] == {"read": 1} and stats["rows_written"] == 0
+    assert stats["by_kind"] == {"read": 2} and stats["rows_written"] == 0  # preflight + one lookup
     again = stored(pg_conn)
     assert sorted(again) == sorted(first)
     for section_id, row in again.items():  # not even updated_at moved

@@ -50,6 +50,7 @@ def make_service(model: str = MODEL, **kwargs: Any) -> tuple[EmbeddingService, F
     """A real EmbeddingService over a FakeOpenAIClient answering `vector_for` and exact token counts."""
     api = FakeOpenAIClient(vector=vector_for, dims=DIMS, usage=lambda texts: sum(count_tokens(t) for t in texts))
     kwargs.setdefault("sleep", lambda _s: None)
+    kwargs.setdefault("dimensions", DIMS)  # what the fake answers (the store's preflight checks the width)
     return EmbeddingService(client=api, model=model, **kwargs), api
 
 

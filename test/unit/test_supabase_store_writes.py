@@ -12,7 +12,6 @@ same fake) is in test_supabase_http.py.
 
 from __future__ import annotations
 
-import itertools
 from types import SimpleNamespace
 
 import httpx
@@ -112,9 +111,8 @@ class TestIncremental:
         secs = sections(range(1, 601))
         store.batch_ingest_embeddings(secs, service)
         api.calls.clear()
-        seen = itertools.count()
-        fake.select_fail = lambda ids: (
-            httpx.ConnectError("connection refused") if next(seen) == failing_chunk else None
+        fake.select_fail = lambda ids: (  # that chunk's lookup fails every time (retries included)
+            httpx.ConnectError("connection refused") if ids[0] == secs[HASH_LOOKUP_CHUNK * failing_chunk]["id"] else None
         )
         with pytest.raises(StoreError, match="connection refused") as info:
             store.batch_ingest_embeddings(secs, service)
