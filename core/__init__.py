@@ -27,6 +27,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .async_embedding_service import AsyncEmbeddingService
+    from .async_postgres_store import AsyncPostgresStore
     from .embedded import EmbeddedPostgres
     from .embedding_service import EmbeddingBatch, EmbeddingService
     from .ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
@@ -39,6 +40,7 @@ _LAZY = {
     "EmbeddingService": "embedding_service",
     "EmbeddingBatch": "embedding_service",
     "AsyncEmbeddingService": "async_embedding_service",
+    "AsyncPostgresStore": "async_postgres_store",
     "IngestInterrupted": "ingest",
     "SupabaseStore": "supabase_store",
     "PostgresStore": "postgres_store",
@@ -53,6 +55,7 @@ _LAZY = {
 __all__ = [
     "EmbeddingService",
     "AsyncEmbeddingService",
+    "AsyncPostgresStore",
     "EmbeddingBatch",
     "IngestInterrupted",
     "SupabaseStore",
