@@ -28,6 +28,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .async_embedding_service import AsyncEmbeddingService
     from .async_postgres_store import AsyncPostgresStore
+    from .async_supabase_store import AsyncSupabaseStore
     from .embedded import EmbeddedPostgres
     from .embedding_service import EmbeddingBatch, EmbeddingService
     from .ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
@@ -41,6 +42,7 @@ _LAZY = {
     "EmbeddingBatch": "embedding_service",
     "AsyncEmbeddingService": "async_embedding_service",
     "AsyncPostgresStore": "async_postgres_store",
+    "AsyncSupabaseStore": "async_supabase_store",
     "IngestInterrupted": "ingest",
     "SupabaseStore": "supabase_store",
     "PostgresStore": "postgres_store",
@@ -56,6 +58,7 @@ __all__ = [
     "EmbeddingService",
     "AsyncEmbeddingService",
     "AsyncPostgresStore",
+    "AsyncSupabaseStore",
     "EmbeddingBatch",
     "IngestInterrupted",
     "SupabaseStore",

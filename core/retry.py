@@ -248,4 +248,9 @@ async def acall_with_retries(
     kwargs = policy._tenacity(before_sleep)
     if sleep is not None:
         kwargs["sleep"] = sleep
-    return await tenacity.AsyncRetrying(**kwargs)(fn)
+
+    async def attempt() -> T:
+        # tenacity awaits only coroutine *functions*; a lambda returning an awaitable is awaited here.
+        return await fn()
+
+    return await tenacity.AsyncRetrying(**kwargs)(attempt)

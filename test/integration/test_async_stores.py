@@ -17,6 +17,10 @@ from core.testing import expected_embedding
 
 DIMS = 1536
 
+pytestmark = pytest.mark.filterwarnings(  # supabase-py passes postgrest-py arguments it has itself deprecated
+    "ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"
+)
+
 
 def _sections(ids: Any) -> list[dict[str, Any]]:
     return [{"id": i, "title": f"Title {i}", "content": f"Content about topic {i} and vectors."} for i in ids]
@@ -79,3 +83,74 @@ def test_async_unreachable_store_fails_before_paying(fake_openai, tmp_path):
         asyncio.run(main())
     assert info.value.report["success_count"] == 0  # type: ignore[attr-defined]
     assert fake_openai.stats()["requests"] == 0
+
+
+# --- AsyncSupabaseStore through real supabase-py (async) -> PostgREST stand-in -> PostgreSQL ---------
+
+
+@pytest.fixture(scope="module")
+def postgrest_server(pg_dsn: str) -> Any:
+    from servers.postgrest_server import FakePostgREST
+
+    with FakePostgREST(pg_dsn) as server:
+        yield server
+
+
+@pytest.fixture
+def rest(postgrest_server: Any, pg_conn: Any, pg_dsn: str) -> Any:
+    from core.schema import apply_schema
+
+    apply_schema(pg_dsn, with_index=False)
+    if not postgrest_server.running:
+        postgrest_server.start()
+    postgrest_server.reload_schema()
+    postgrest_server.reset_stats()
+    return postgrest_server
+
+
+def test_async_supabase_store_ingests_reruns_and_searches(rest, pg_conn, fake_openai):
+    from core import AsyncSupabaseStore
+
+    sections = _sections(range(1, 301))
+    sections.append({"id": 7, "title": "dup", "content": "duplicate"})
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url) as service:
+            store = AsyncSupabaseStore(url=rest.url, key="test-service-role-key", embedding_service=service)
+            first = await store.batch_ingest_embeddings(sections, service, batch_size=50)
+            again = await store.batch_ingest_embeddings(sections, service, batch_size=50)
+            hits = await store.search(section_text("Title 17", "Content about topic 17 and vectors."), k=3)
+            return first, again, hits
+
+    first, again, hits = asyncio.run(main())
+    assert first["success_count"] == 300 and first["failed_ids"] == [7]
+    assert again["skipped_count"] == 300 and again["success_count"] == 0
+    assert hits[0]["section_id"] == 17
+    rows = pg_conn.execute("select section_id, embedding from section_embeddings order by section_id").fetchall()
+    assert len(rows) == 300
+    for section_id, vector in rows[::37]:
+        s = sections[section_id - 1]
+        np.testing.assert_array_equal(np.asarray(vector.to_numpy(), dtype=np.float32),
+                                      expected_embedding(section_text(s["title"], s["content"])))
+
+
+def test_async_supabase_store_missing_table_fails_before_paying(postgrest_server, pg_conn, fake_openai):
+    from core import AsyncSupabaseStore
+
+    if not postgrest_server.running:
+        postgrest_server.start()
+    postgrest_server.reload_schema()  # pg_conn emptied public: no table
+
+    async def main() -> None:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url) as service:
+            store = AsyncSupabaseStore(url=postgrest_server.url, key="test-service-role-key", sleep=_no_sleep)
+            await store.batch_ingest_embeddings(_sections(range(1, 5)), service)
+
+    with pytest.raises(StoreError, match="section_embeddings") as info:
+        asyncio.run(main())
+    assert "test-service-role-key" not in str(info.value)
+    assert fake_openai.stats()["requests"] == 0
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
