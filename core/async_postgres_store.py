@@ -14,7 +14,7 @@ from typing import Any
 
 from .async_ingest import AsyncSectionStore
 from .errors import InvalidInputError, StoreError
-from .postgres_rows import as_float32, refusal_reason, row_params, upsert_sql
+from .postgres_rows import as_float32, prepare_rows, refusal_reason, upsert_sql
 from .postgres_store import PostgresStore
 from .rows import Row
 from .secrets import redact_dsn, scrub_dsn
@@ -102,16 +102,7 @@ class AsyncPostgresStore(AsyncSectionStore):
 
     async def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` in chunks; a refused chunk is retried row by row (see `PostgresStore.write_rows`)."""
-        failures: dict[int, str] = {}
-        prepared: dict[int, tuple[Any, ...]] = {}
-        for row in rows:
-            prepared.pop(row.section_id, None)
-            failures.pop(row.section_id, None)
-            try:
-                prepared[row.section_id] = row_params(self._numpy, row)
-            except (TypeError, ValueError) as exc:
-                failures[row.section_id] = f"invalid row: {exc}"
-        items = list(prepared.items())
+        items, failures = prepare_rows(self._numpy, rows)
         if not items:
             return failures
         conn = await self._connection()

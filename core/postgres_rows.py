@@ -13,7 +13,10 @@ from collections.abc import Iterator, Sequence
 
 from .rows import Row, vector_literal
 
-__all__ = ["COLUMNS", "as_float32", "chunks", "ef_search", "refusal_reason", "row_params", "search_sql", "upsert_sql"]
+__all__ = [
+    "COLUMNS", "as_float32", "chunks", "ef_search", "prepare_rows", "refusal_reason", "row_params", "search_sql",
+    "upsert_sql",
+]
 
 COLUMNS = ("section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at")
 """The table's columns, in the order every write sends them."""
@@ -62,6 +65,23 @@ def row_params(numpy: Any, row: Row) -> tuple[Any, ...]:
     # changing the statement's parameter types (and defeating prepared statements).
     token_count = None if row.token_count is None else Int4(row.token_count)
     return (Int8(row.section_id), row.title, embedding, row.model, row.content_hash, token_count, updated_at)
+
+
+def prepare_rows(numpy: Any, rows: Any) -> tuple[list[tuple[int, tuple[Any, ...]]], dict[int, str]]:
+    """``([(section_id, params), ...], {section_id: reason})``: each row's parameters, or why not.
+
+    When an id appears more than once, the last row wins (as sequential upserts would).
+    """
+    failures: dict[int, str] = {}
+    prepared: dict[int, tuple[Any, ...]] = {}
+    for row in rows:
+        prepared.pop(row.section_id, None)
+        failures.pop(row.section_id, None)
+        try:
+            prepared[row.section_id] = row_params(numpy, row)
+        except (TypeError, ValueError) as exc:
+            failures[row.section_id] = f"invalid row: {exc}"
+    return list(prepared.items()), failures
 
 
 def upsert_tail() -> str:

@@ -37,7 +37,15 @@ from .errors import ConfigurationError, InvalidInputError, MissingDependencyErro
 from .ingest import SectionStore
 from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE
 from .postgres_admin import INDEX_MEMORY_CAP, TableState
-from .postgres_rows import as_float32, chunks, ef_search, refusal_reason, row_params, search_sql, upsert_sql
+from .postgres_rows import (
+    as_float32,
+    chunks,
+    ef_search,
+    prepare_rows,
+    refusal_reason,
+    search_sql,
+    upsert_sql,
+)
 from .rows import Row
 from .schema import DEFAULT_DIMENSIONS, apply_schema_sql, render_schema, validate_dimensions, validate_identifier
 from .secrets import redact_dsn, scrub_dsn
@@ -362,19 +370,10 @@ class PostgresStore(SectionStore):
         Raises:
             StoreError: If the database cannot be reached at all.
         """
-        failures: dict[int, str] = {}
-        prepared: dict[int, tuple[Any, ...]] = {}
-        for row in rows:
-            prepared.pop(row.section_id, None)
-            failures.pop(row.section_id, None)
-            try:
-                prepared[row.section_id] = self._row_params(row)
-            except (TypeError, ValueError) as exc:
-                failures[row.section_id] = f"invalid row: {exc}"
-        if not prepared:
+        items, failures = prepare_rows(self._numpy, rows)
+        if not items:
             return failures
         conn = self._connection()
-        items = list(prepared.items())
         for done, chunk in enumerate(chunks(items, self.rows_per_chunk)):
             try:
                 with conn.transaction():
@@ -406,9 +405,6 @@ class PostgresStore(SectionStore):
 
     def _as_float32(self, vector: Any) -> numpy.ndarray[Any, Any]:
         return as_float32(self._numpy, vector)
-
-    def _row_params(self, row: Row) -> tuple[Any, ...]:
-        return row_params(self._numpy, row)
 
     def _statement(self, kind: str) -> bytes:
         """`upsert_sql` for this table, built once per kind."""
