@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fault_helpers import (
     FIGURES,
     check_table,
