@@ -17,6 +17,7 @@ from .errors import StoreError
 from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY
 from .retry import acall_with_retries
 from .rows import Row, vector_literal
+from .supabase_errors import preflight_problem
 from .supabase_store import DEFAULT_ROW_RETRIES, SupabaseStore
 
 __all__ = ["AsyncSupabaseStore"]
@@ -101,7 +102,9 @@ class AsyncSupabaseStore(AsyncSectionStore):
         try:
             response = await self._retried(lambda: client.table(self.table).select(_COLUMNS).limit(1).execute())
         except Exception as exc:
-            raise StoreError(self._settings._preflight_problem(exc)) from None
+            raise StoreError(
+                preflight_problem(exc, self._settings._reason(exc), url=self._settings.url, table=self._settings.table)
+            ) from None
         data = getattr(response, "data", None)
         if dimensions is None or not isinstance(data, list) or not data or not isinstance(data[0], dict):
             return

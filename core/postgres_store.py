@@ -22,7 +22,7 @@ three live in bench/pg_write_paths.py) it had the best median in 3 runs of 4
 chunk size, one cached statement and no temporary table.
 
 For bulk loads: `table_state`, `drop_index`, `create_index` (with enough
-`maintenance_work_mem`), see `core.postgres_admin`.
+`maintenance_work_mem`), see `core.postgres_store_admin` and `core.postgres_admin`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .postgres_rows import (
     search_sql,
     upsert_sql,
 )
+from .postgres_store_admin import PostgresStoreAdmin
 from .rows import Row
 from .schema import DEFAULT_DIMENSIONS, apply_schema_sql, render_schema, validate_dimensions, validate_identifier
 from .secrets import redact_dsn, scrub_dsn
@@ -76,7 +77,7 @@ def _import_drivers() -> tuple[Any, Any, Callable[[Any], None]]:
     return psycopg, numpy, pgvector_psycopg.register_vector
 
 
-class PostgresStore(SectionStore):
+class PostgresStore(PostgresStoreAdmin, SectionStore):
     """Section embeddings in a Postgres table with pgvector, through psycopg 3.
 
     Args:
@@ -219,59 +220,6 @@ class PostgresStore(SectionStore):
         return admin.schema_is_current(
             conn, table=self.table, dimensions=self.dimensions, match_function=self.match_function
         )
-
-    def ensure_schema(self, with_index: bool = True) -> None:
-        """Apply the schema (extension, table, function, RLS; index if asked).
-
-        Always runs the script (idempotent). For a bulk load, create the store
-        with ``create_schema=False``, call ``ensure_schema(with_index=False)``,
-        write, then `create_index`.
-
-        Raises:
-            StoreError: If the database is unreachable or refuses the script
-                (e.g. the table exists with another vector size).
-        """
-
-        def apply(conn: psycopg.Connection[Any]) -> None:
-            apply_schema_sql(conn, self._render(with_index=with_index), table=self.table)
-            self._schema_done = True
-            if not self._ready:
-                self._register_vector(conn)
-                self._ready = True
-
-        self._admin("cannot apply the schema", apply)
-
-    def create_index(self, *, memory_cap: int = INDEX_MEMORY_CAP) -> None:
-        """Create the HNSW index if it does not exist (no-op above 4,000 dimensions).
-
-        The build gets enough `maintenance_work_mem` to keep pgvector's graph in
-        memory (sized from the row count, at most `memory_cap` bytes), for its
-        own transaction only.
-
-        Raises:
-            StoreError: If the database is unreachable or the build fails.
-        """
-        self._admin("cannot create the index", lambda conn: admin.build_index(
-            conn, table=self.table, dimensions=self.dimensions, memory_cap=memory_cap
-        ))
-
-    def drop_index(self) -> None:
-        """Drop the HNSW index if there is one (before loading an empty table: one build after is faster).
-
-        Raises:
-            StoreError: If the database is unreachable or refuses.
-        """
-        self._admin("cannot drop the index", lambda conn: admin.drop_index(conn, self.table))
-
-    def table_state(self) -> TableState:
-        """Whether the table exists, is empty, has its index; its vector size; a stored row's model.
-
-        Reads only (never creates the schema, whatever `create_schema` says).
-
-        Raises:
-            StoreError: If the database is unreachable or the query fails.
-        """
-        return self._admin("cannot read the table", lambda conn: admin.read_table_state(conn, self.table))
 
     def preflight(self, dimensions: int | None) -> None:
         """Before anything is paid for: the database answers and the table takes vectors of `dimensions`.

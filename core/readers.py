@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .errors import ConfigurationError
+from .json_array import JsonArrayStream
 
 __all__ = ["FORMATS", "InputFileError", "SourceRecord", "count_records", "detect_format", "read_csv", "read_json",
            "read_jsonl", "read_records", "to_section"]
@@ -43,10 +44,6 @@ FORMATS = ("jsonl", "json", "csv")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 _FIELDS = ("id", "title", "content")
 _INTEGER = re.compile(r"[+-]?\d+")
-_JSON_CHUNK = 1 << 16
-"""Characters read at a time by the JSON reader (doubled while one element needs more)."""
-MAX_JSON_ELEMENT = 64 << 20
-"""Characters one JSON array element may span before the reader gives up on it."""
 _CSV_FIELD_LIMIT = 64 << 20
 _ENCODING = "utf-8-sig"  # a leading byte-order mark (Excel's CSV export) is dropped
 _ERRORS = "surrogateescape"
@@ -193,84 +190,6 @@ def read_jsonl(handle: IO[bytes]) -> Iterator[SourceRecord]:
 
 # --- JSON array ----------------------------------------------------------------------------
 
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-class _JsonArrayStream:
-    """Incremental reader of a top-level JSON array, one element at a time.
-
-    Keeps a text buffer of what is not consumed yet plus at most one chunk more
-    than the element being decoded needs; lines are counted incrementally.
-    """
-
-    def __init__(self, text: IO[str]) -> None:
-        self.text = text
-        self.buf = ""
-        self.pos = 0
-        self.eof = False
-        self.line = 1  # line of buf[counted]
-        self.counted = 0
-        self.decoder = json.JSONDecoder()
-
-    def line_at(self, pos: int) -> int:
-        if pos >= self.counted:
-            self.line += self.buf.count("\n", self.counted, pos)
-        else:  # pragma: no cover - positions only move forward
-            self.line -= self.buf.count("\n", pos, self.counted)
-        self.counted = pos
-        return self.line
-
-    def more(self) -> bool:
-        """Append the next chunk (at least as large as the buffer); False at end of file."""
-        if self.eof:
-            return False
-        self.line_at(self.pos)
-        self.buf = self.buf[self.pos :]
-        self.counted -= self.pos
-        self.pos = 0
-        data = self.text.read(max(_JSON_CHUNK, len(self.buf)))
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        return True
-
-    def skip_whitespace(self) -> None:
-        while True:
-            match = _WHITESPACE.match(self.buf, self.pos)
-            assert match is not None
-            self.pos = match.end()
-            if self.pos < len(self.buf) or not self.more():
-                return
-
-    def peek(self) -> str:
-        self.skip_whitespace()
-        return self.buf[self.pos] if self.pos < len(self.buf) else ""
-
-    def decode(self) -> tuple[Any, str | None]:
-        """The next value, or (None, reason) when it is not valid JSON."""
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as exc:
-                truncated = exc.msg.startswith("Unterminated") or len(self.buf) - exc.pos < 1024
-                if not self.eof and truncated and len(self.buf) - self.pos < MAX_JSON_ELEMENT:
-                    self.more()  # trims the buffer: decode again (at end of file too) for exact positions
-                    continue
-                return None, f"not valid JSON: {exc.msg} (line {self.line_at(exc.pos)} column {_column(self.buf, exc.pos)})"
-            except RecursionError:
-                return None, "not valid JSON: nested too deeply"
-            if end == len(self.buf) and not self.eof:
-                self.more()
-                continue  # a number cut by the buffer's end: decode it again whole
-            self.pos = end
-            return value, None
-
-
-def _column(buf: str, pos: int) -> int:
-    return pos - (buf.rfind("\n", 0, pos) + 1) + 1
-
-
 def read_json(handle: IO[bytes]) -> Iterator[SourceRecord]:
     """Elements of a top-level JSON array, streamed.
 
@@ -282,7 +201,7 @@ def read_json(handle: IO[bytes]) -> Iterator[SourceRecord]:
     """
     text = io.TextIOWrapper(handle, encoding=_ENCODING, errors=_ERRORS, newline="")
     try:
-        stream = _JsonArrayStream(text)
+        stream = JsonArrayStream(text)
         first = stream.peek()
         if first != "[":
             what = "an empty file" if not first else ("an object" if first == "{" else f"{first!r}")

@@ -11,7 +11,8 @@ its request: nothing is built ahead (a window of 8,192 rows would otherwise hold
 ~170 MB of vector text before the first request left), and the formatting of
 one row overlaps the requests of the others in flight. Retries go through the
 library's one retry loop (`core.retry.call_with_retries`) with the store's own
-`RetryPolicy`; failure reasons pass through `core.secrets.redact`.
+`RetryPolicy` (which failures are transient, and the waits: `core.supabase_errors`);
+failure reasons pass through `core.secrets.redact`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ from supabase import create_client
 from .errors import ConfigurationError, StoreError
 from .ingest import SectionStore
 from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY
-from .retry import RetryPolicy, call_with_retries, error_headers, retry_after_seconds
+from .retry import RetryPolicy, call_with_retries
 from .rows import Row, vector_literal
 from .schema import validate_identifier
 from .secrets import redact
+from .supabase_errors import (
+    SHRINK_CODES,
+    ResponseError,
+    error_code,
+    is_transient,
+    is_transient_whole,
+    preflight_problem,
+    row_retry_delay,
+)
 
 __all__ = ["SupabaseStore"]
 
@@ -41,32 +51,8 @@ T = TypeVar("T")
 
 DEFAULT_ROW_RETRIES = 2
 """Retries of a row (or chunk) after a transient error."""
-ROW_RETRY_FIRST_DELAY = 0.5
-"""Seconds before the first retry of a row; doubles each retry, up to `ROW_RETRY_MAX_DELAY`."""
-ROW_RETRY_MAX_DELAY = 4.0
-
-# PostgREST answers transient trouble with these codes (its own PGRST00x for
-# connection/pool problems, SQLSTATEs for timeouts, deadlocks, serialization).
-_TRANSIENT_CODES = frozenset(
-    {"57014", "40001", "40P01", "53300", "55P03", "PGRST000", "PGRST001", "PGRST002", "PGRST003"}
-)
-_SHRINK_CODES = frozenset({"413", "57014"})  # too large / statement timeout: smaller chunks help
-_NO_TABLE_CODES = frozenset({"PGRST205", "42P01"})  # PostgREST's schema cache / PostgreSQL: no such table
-_NO_COLUMN_CODES = frozenset({"42703", "PGRST204"})
 _PREFLIGHT_COLUMNS = "section_id,content_hash,model,embedding"
 """What the store reads and writes: a select of these finds a missing column too."""
-
-
-def row_retry_delay(attempt: int, exc: BaseException) -> float:
-    """Seconds before retry number `attempt` (1-based) of a row or chunk that failed with `exc`.
-
-    The server's ``retry-after-ms`` / ``retry-after`` wins when the answer carried
-    one (capped by `core.limits.MAX_RETRY_AFTER`); otherwise 0.5, 1, 2, 4, 4... s.
-    """
-    server = retry_after_seconds(error_headers(exc))
-    if server is not None:
-        return server
-    return min(ROW_RETRY_FIRST_DELAY * 2 ** (attempt - 1), ROW_RETRY_MAX_DELAY)
 
 
 class SupabaseStore(SectionStore):
@@ -155,12 +141,12 @@ class SupabaseStore(SectionStore):
     @property
     def retry_policy(self) -> RetryPolicy:
         """How a row (or a one-row chunk) is retried: transient errors, `row_retries` times."""
-        return RetryPolicy(max_retries=self.row_retries, retryable=_is_transient, delay=row_retry_delay)
+        return RetryPolicy(max_retries=self.row_retries, retryable=is_transient, delay=row_retry_delay)
 
     @property
     def _chunk_policy(self) -> RetryPolicy:
         # A chunk answered 413 / statement timeout is halved at once, not sent again as it is.
-        return RetryPolicy(max_retries=self.row_retries, retryable=_is_transient_whole, delay=row_retry_delay)
+        return RetryPolicy(max_retries=self.row_retries, retryable=is_transient_whole, delay=row_retry_delay)
 
     # --- SectionStore --------------------------------------------------------------------
 
@@ -184,7 +170,7 @@ class SupabaseStore(SectionStore):
         try:
             response = call_with_retries(select_one, self.retry_policy, sleep=self._sleep)
         except Exception as exc:
-            raise StoreError(self._preflight_problem(exc)) from None
+            raise StoreError(preflight_problem(exc, self._reason(exc), url=self.url, table=self.table)) from None
         data = getattr(response, "data", None)
         if dimensions is None or not isinstance(data, list) or not data or not isinstance(data[0], dict):
             return
@@ -290,7 +276,7 @@ class SupabaseStore(SectionStore):
         except Exception as exc:
             response = getattr(self._local, "response", None)
             if isinstance(response, httpx.Response) and response.status_code >= 400:
-                raise _ResponseError(exc, response) from exc
+                raise ResponseError(exc, response) from exc
             raise
 
     def _upsert(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -339,7 +325,7 @@ class SupabaseStore(SectionStore):
         except Exception as exc:
             if len(payloads) == 1:
                 return {payloads[0]["section_id"]: self._reason(exc)}
-            if _error_code(exc) in _SHRINK_CODES:
+            if error_code(exc) in SHRINK_CODES:
                 half = len(payloads) // 2
                 failures = self._write_chunk(payloads[:half])
                 failures.update(self._write_chunk(payloads[half:]))
@@ -347,65 +333,10 @@ class SupabaseStore(SectionStore):
             return self._write_each(payloads)
 
     def _reason(self, exc: BaseException) -> str:
-        code = _error_code(exc)
+        code = error_code(exc)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         text = f"{code}: {message}" if code else f"{type(exc).__name__}: {message}"
         return redact(text, self._key)
-
-    def _preflight_problem(self, exc: BaseException) -> str:
-        """One line for a failed preflight, naming the URL and the table."""
-        reason = _one_line(self._reason(exc))
-        where = f"Supabase at {self.url}" if self.url else "Supabase"
-        code = _error_code(exc)
-        if isinstance(exc, httpx.TransportError):
-            return f"cannot reach {where}: {reason}"
-        hint = "create it: paste the output of `python -m core schema` into Supabase's SQL editor"
-        if code in _NO_TABLE_CODES:
-            return f"table {self.table!r} does not exist on {where} ({hint}): {reason}"
-        if code == "404":
-            return f"{where} has no table {self.table!r} (or is not a Supabase project URL): {reason}"
-        if code in _NO_COLUMN_CODES:
-            return f"table {self.table!r} on {where} lacks a column the store uses ({hint}): {reason}"
-        if code in ("401", "403", "42501") or (code or "").startswith("PGRST3"):
-            return f"{where} refused the key for table {self.table!r}: {reason}"
-        return f"cannot read table {self.table!r} on {where}: {reason}"
-
-
-class _ResponseError(Exception):
-    """A PostgREST failure with the HTTP answer it came with: its code (the HTTP status when
-    the body named none), message, status and headers (so a `Retry-After` is honoured)."""
-
-    def __init__(self, cause: BaseException, response: httpx.Response) -> None:
-        self.message = getattr(cause, "message", None) or str(cause) or type(cause).__name__
-        super().__init__(self.message)
-        self.code = _error_code(cause) or str(response.status_code)
-        self.status_code = response.status_code
-        self.response = response
-
-
-def _error_code(exc: BaseException) -> str | None:
-    code = getattr(exc, "code", None)
-    return str(code) if code is not None else None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Worth retrying: timeouts, dropped connections, 5xx/408/429, lock and pool trouble."""
-    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
-        return True
-    code = _error_code(exc)
-    if code is None:
-        return False
-    if code in _TRANSIENT_CODES or code.startswith("08"):
-        return True
-    # An HTTP status stands in for the code only when the body carried none: three
-    # digits. SQLSTATEs are five characters and many are all digits (23505, 42501,
-    # 22003): those are permanent unless listed above, not "status >= 500".
-    return len(code) == 3 and code.isdigit() and (int(code) >= 500 or int(code) in (408, 429))
-
-
-def _is_transient_whole(exc: BaseException) -> bool:
-    """Worth sending a multi-row chunk again as it is: transient, and not a sign it is too big."""
-    return _is_transient(exc) and _error_code(exc) not in _SHRINK_CODES
 
 
 def _vector_width(value: Any) -> int | None:
@@ -418,8 +349,3 @@ def _vector_width(value: Any) -> int | None:
     if not (text.startswith("[") and text.endswith("]")):
         return None
     return text.count(",") + 1 if text[1:-1].strip() else 0
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
