@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ConfigurationError, CoreError
-from .ingest import DEFAULT_WINDOW, IngestInterrupted, check_ingest_args, lookup_failed, windows
+from .ingest import DEFAULT_WINDOW, IngestInterrupted, check_ingest_args, lookup_errors, windows
 from .ingest_run import IngestProgress, IngestRun, Window
 from .limits import model_dimensions
 from .rows import Row
@@ -82,13 +82,9 @@ class AsyncSectionStore(abc.ABC):
             run.checked = True
         if skip_unchanged and window.items:
             stored: dict[int, tuple[str, str]] = {}
-            try:
+            with lookup_errors(self.table):
                 for ids in window.lookup_chunks():
                     stored.update(await self.fetch_hashes(ids))
-            except CoreError:
-                raise
-            except Exception as exc:
-                raise lookup_failed(self.table, exc) from None
             run.skip_stored(window, stored)
         run.notify()
         if not window.items:

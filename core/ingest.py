@@ -14,6 +14,7 @@ re-run skips everything already stored.
 from __future__ import annotations
 
 import abc
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -73,9 +74,32 @@ def windows(sections: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def lookup_failed(table: str, exc: Exception) -> StoreError:
-    """The error for a stored-hash lookup that failed: the run stops before paying."""
-    return StoreError(f"cannot read which sections are stored in {table!r}: {exc}")
+@contextlib.contextmanager
+def lookup_errors(table: str) -> Iterator[None]:
+    """Around a store's stored-hash lookups: a failure stops the run before paying, as `StoreError`.
+
+    Raises:
+        StoreError: For any non-library exception raised inside (library errors pass as they are).
+    """
+    try:
+        yield
+    except CoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot read which sections are stored in {table!r}: {exc}") from None
+
+
+def stored_hashes(store: Any, window: Window) -> dict[int, tuple[str, str]]:
+    """`{section_id: (content_hash, model)}` of the window's sections already in `store`.
+
+    Raises:
+        StoreError: The store cannot answer (the run stops before paying to embed what it may hold).
+    """
+    stored: dict[int, tuple[str, str]] = {}
+    with lookup_errors(getattr(store, "table", "?")):
+        for ids in window.lookup_chunks():
+            stored.update(store.fetch_hashes(ids))
+    return stored
 
 
 class SectionStore(abc.ABC):
@@ -175,16 +199,7 @@ class SectionStore(abc.ABC):
             self.preflight(model_dimensions(run.model, getattr(service, "dimensions", None)))
             run.checked = True
         if skip_unchanged and window.items:
-            # A store that cannot answer stops the run here, before paying to embed what it may hold.
-            stored: dict[int, tuple[str, str]] = {}
-            try:
-                for ids in window.lookup_chunks():
-                    stored.update(self.fetch_hashes(ids))
-            except CoreError:
-                raise
-            except Exception as exc:
-                raise lookup_failed(self.table, exc) from None
-            run.skip_stored(window, stored)
+            run.skip_stored(window, stored_hashes(self, window))
         run.notify()
         if not window.items:
             return

@@ -238,11 +238,7 @@ def call_with_retries(
     try:
         return fn()  # the common case, without tenacity's per-call set-up (~20 us a row, measured)
     except Exception as exc:
-        if policy.max_retries < 1 or not policy.retryable(exc):
-            raise
-        wait = policy.delay(1, exc)
-        if before_sleep is not None:
-            before_sleep(exc, wait)
+        wait = _first_wait(policy, exc, before_sleep)
     sleep(wait)
     return tenacity.Retrying(sleep=sleep, **_after_first(policy)._tenacity(before_sleep))(fn)
 
@@ -258,11 +254,7 @@ async def acall_with_retries(
     try:
         return await fn()
     except Exception as exc:
-        if policy.max_retries < 1 or not policy.retryable(exc):
-            raise
-        wait = policy.delay(1, exc)
-        if before_sleep is not None:
-            before_sleep(exc, wait)
+        wait = _first_wait(policy, exc, before_sleep)
     kwargs = _after_first(policy)._tenacity(before_sleep)
     if sleep is not None:
         kwargs["sleep"] = sleep
@@ -275,6 +267,19 @@ async def acall_with_retries(
         return await fn()
 
     return await tenacity.AsyncRetrying(**kwargs)(attempt)
+
+
+def _first_wait(
+    policy: RetryPolicy, exc: Exception, before_sleep: Callable[[BaseException, float], None] | None
+) -> float:
+    """Seconds to wait after a failed first attempt; re-raises `exc` (from the caller's
+    `except`) when the policy gives up on it."""
+    if policy.max_retries < 1 or not policy.retryable(exc):
+        raise exc
+    wait = policy.delay(1, exc)
+    if before_sleep is not None:
+        before_sleep(exc, wait)
+    return wait
 
 
 def _after_first(policy: RetryPolicy) -> RetryPolicy:

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.plan import Request
-from ..errors import CoreError
-from ..ingest import lookup_failed, windows
+from ..ingest import stored_hashes, windows
 from ..ingest_run import IngestRun, Pending, Window
 from ..limits import INGEST_WINDOW, model_dimensions
 from .files import BatchWriter, encode_body
@@ -111,15 +110,7 @@ class Preparer:
             self.store.preflight(model_dimensions(run.model, getattr(self.service, "dimensions", None)))
             run.checked = True
         if self.skip_unchanged and window.items:
-            stored: dict[int, tuple[str, str]] = {}
-            try:
-                for ids in window.lookup_chunks():
-                    stored.update(self.store.fetch_hashes(ids))
-            except CoreError:
-                raise
-            except Exception as exc:
-                raise lookup_failed(getattr(self.store, "table", "?"), exc) from None
-            run.skip_stored(window, stored)
+            run.skip_stored(window, stored_hashes(self.store, window))
         run.notify()
         self._pending.extend(window.items)
         while len(self._pending) >= self.plan_window:
