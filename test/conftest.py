@@ -25,6 +25,7 @@ if str(_HERE / "support") not in sys.path:
 
 from fixtures_openai import *  # noqa: E402,F401,F403  (local OpenAI-compatible server)
 from fixtures_pg import *  # noqa: E402,F401,F403  (real PostgreSQL 18 + pgvector from PyPI)
+from fixtures_postgrest import *  # noqa: E402,F401,F403  (PostgREST stand-in over that PostgreSQL)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

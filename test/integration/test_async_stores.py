@@ -88,28 +88,12 @@ def test_async_unreachable_store_fails_before_paying(fake_openai, tmp_path):
 # --- AsyncSupabaseStore through real supabase-py (async) -> PostgREST stand-in -> PostgreSQL ---------
 
 
-@pytest.fixture(scope="module")
-def postgrest_server(pg_dsn: str) -> Any:
-    from servers.postgrest_server import FakePostgREST
-
-    with FakePostgREST(pg_dsn) as server:
-        yield server
-
-
-@pytest.fixture
-def rest(postgrest_server: Any, pg_conn: Any, pg_dsn: str) -> Any:
+def test_async_supabase_store_ingests_reruns_and_searches(rest, pg_conn, pg_dsn, fake_openai):
+    from core import AsyncSupabaseStore
     from core.schema import apply_schema
 
     apply_schema(pg_dsn, with_index=False)
-    if not postgrest_server.running:
-        postgrest_server.start()
-    postgrest_server.reload_schema()
-    postgrest_server.reset_stats()
-    return postgrest_server
-
-
-def test_async_supabase_store_ingests_reruns_and_searches(rest, pg_conn, fake_openai):
-    from core import AsyncSupabaseStore
+    rest.reload_schema()
 
     sections = _sections(range(1, 301))
     sections.append({"id": 7, "title": "dup", "content": "duplicate"})
@@ -134,12 +118,10 @@ def test_async_supabase_store_ingests_reruns_and_searches(rest, pg_conn, fake_op
                                       expected_embedding(section_text(s["title"], s["content"])))
 
 
-def test_async_supabase_store_missing_table_fails_before_paying(postgrest_server, pg_conn, fake_openai):
+def test_async_supabase_store_missing_table_fails_before_paying(rest, pg_conn, fake_openai):
     from core import AsyncSupabaseStore
 
-    if not postgrest_server.running:
-        postgrest_server.start()
-    postgrest_server.reload_schema()  # pg_conn emptied public: no table
+    postgrest_server = rest  # pg_conn emptied public: no table
 
     async def main() -> None:
         async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url) as service:

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,31 +46,23 @@ def expected_prints(block: str) -> list[str]:
 BLOCKS = python_blocks()
 
 
-@pytest.fixture(scope="module")
-def postgrest(pg_dsn: str) -> Iterator[FakePostgREST]:
-    with FakePostgREST(pg_dsn) as server:
-        yield server
-
-
 def test_readme_has_the_examples() -> None:
     assert len(BLOCKS) >= 4, "README lost its Python examples"
 
 
 @pytest.mark.parametrize("number", range(len(BLOCKS)), ids=[f"block{i + 1}" for i in range(len(BLOCKS))])
 def test_readme_block_runs(number: int, tmp_path: Path, openai_env: Any, pg_conn: Any, pg_dsn: str,
-                           postgrest: FakePostgREST) -> None:
+                           rest: FakePostgREST) -> None:
     block = BLOCKS[number]
     apply_schema(pg_dsn)  # what `python -m core schema --apply` does: the Supabase blocks need the table
-    if not postgrest.running:
-        postgrest.start()
-    postgrest.reload_schema()
+    rest.reload_schema()
     script = tmp_path / "example.py"
     script.write_text(block, encoding="utf-8")
     env = dict(os.environ)
     env.update(
         OPENAI_API_KEY="sk-readme-test",
         OPENAI_BASE_URL=openai_env.base_url,
-        SUPABASE_URL=postgrest.url,
+        SUPABASE_URL=rest.url,
         SUPABASE_SERVICE_ROLE_KEY=KEY,
         DATABASE_URL=pg_dsn,
     )

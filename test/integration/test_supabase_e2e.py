@@ -17,7 +17,6 @@ schema (index included) at 1536 dimensions runs wherever `pg_hnsw` allows it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,23 +41,6 @@ pytestmark = [
 KEY = "test-service-role-key"
 MODEL = "text-embedding-3-small"
 COLUMNS = "section_id, title, embedding, model, content_hash, token_count, updated_at"
-
-
-@pytest.fixture(scope="module")
-def postgrest_server(pg_dsn: str) -> Iterator[FakePostgREST]:
-    with FakePostgREST(pg_dsn) as server:
-        yield server
-
-
-@pytest.fixture
-def rest(postgrest_server: FakePostgREST, pg_conn: Any) -> FakePostgREST:
-    """The stand-in, reset, in front of an empty `public` (pg_conn drops everything around each test)."""
-    if not postgrest_server.running:
-        postgrest_server.start()
-    postgrest_server.reset_config()
-    postgrest_server.reload_schema()  # tables are recreated by every test
-    postgrest_server.reset_stats()
-    return postgrest_server
 
 
 def make_service(fake_openai: Any, **kwargs: Any) -> EmbeddingService:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import array
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,23 +27,6 @@ pytestmark = [
 ]
 
 KEY = "test-service-role-key-preflight"
-
-
-@pytest.fixture(scope="module")
-def postgrest_server(pg_dsn: str) -> Iterator[FakePostgREST]:
-    with FakePostgREST(pg_dsn) as server:
-        yield server
-
-
-@pytest.fixture
-def rest(postgrest_server: FakePostgREST, pg_conn: Any) -> FakePostgREST:
-    """The stand-in, reset, in front of an empty `public` (pg_conn drops everything around each test)."""
-    if not postgrest_server.running:
-        postgrest_server.start()
-    postgrest_server.reset_config()
-    postgrest_server.reload_schema()
-    postgrest_server.reset_stats()
-    return postgrest_server
 
 
 def make_store(url: str, sleeps: list[float] | None = None, **kwargs: Any) -> SupabaseStore:
