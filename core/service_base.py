@@ -145,7 +145,8 @@ class EmbeddingServiceBase:
             tokens_per_minute=tokens_per_minute,
             requests_per_minute=requests_per_minute,
             clock=clock,
-            sleep=sleep if callable(sleep) and not _is_coroutine_function(sleep) else time.sleep,
+            # The async service's sleep is a coroutine: its limiter waits through acquire_async instead.
+            sleep=time.sleep if inspect.iscoroutinefunction(sleep) else sleep,
         )
         if client is not None:
             self.client = client
@@ -235,7 +236,7 @@ class EmbeddingServiceBase:
             plan.too_large(request, budget if budget is not None else request.tokens / 2)
             return []
         if isinstance(outcome, BaseException):
-            code, reason = self.attempts.failure(request, outcome)
+            code, reason = self.attempts.failure(outcome)
             plan.fail(request, reason, code=code)
             plan.batch.last_error = self.attempts.sanitized(outcome)
         else:
@@ -362,10 +363,6 @@ def sent_at(response: Any) -> float | None:
     extensions = getattr(getattr(response, "request", None), "extensions", None)
     value = extensions.get(_SENT_AT) if isinstance(extensions, dict) else None
     return value if isinstance(value, float) else None
-
-
-def _is_coroutine_function(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn)
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

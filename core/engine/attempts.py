@@ -238,7 +238,7 @@ class Attempts:
             code=error_code(exc),
         )
 
-    def failure(self, request: Request, exc: BaseException) -> tuple[str, str]:
+    def failure(self, exc: BaseException) -> tuple[str, str]:
         """(code, reason) for the inputs of a request that failed for good."""
         return ("misaligned" if isinstance(exc, MisalignedResponseError) else "api_error"), self.describe(exc)
 
