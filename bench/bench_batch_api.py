@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_ingest import cpu_model, load, log, now_iso, write_sections  # noqa: E402
 
-from core.embedded import import_pgserver  # noqa: E402
+from core.embedded.server import import_pgserver  # noqa: E402
 from core.testing.openai_server import FakeOpenAIServer  # noqa: E402
 from core.testing.openai_server.batches import BatchControl  # noqa: E402
 

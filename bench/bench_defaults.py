@@ -106,7 +106,7 @@ _COMMON = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "wit
 
 def make_corpus(n: int, seed: int, mean_tokens: int = MEAN_TOKENS) -> list[str]:
     """`n` distinct sections ("title\\n\\ncontent"), lengths log-normal around `mean_tokens` cl100k tokens."""
-    from core.tokens import get_encoding
+    from core.engine.tokens import get_encoding
 
     rng = random.Random(seed)
     vocab = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(6000)]
@@ -252,7 +252,7 @@ def child_per_call(spec: dict[str, Any]) -> dict[str, Any]:
 def child_main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
-    from core.tokens import get_encoding
+    from core.engine.tokens import get_encoding
 
     get_encoding()
     if spec["mode"] == "per_call":
@@ -699,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import reference_client
 
     from core.testing import FakeOpenAIServer
-    from core.tokens import count_tokens_batch
+    from core.engine.tokens import count_tokens_batch
 
     chosen = [k.strip() for k in args.regime.split(",") if k.strip()]
     if not chosen or set(chosen) - {"a", "b", "c", "d"}:

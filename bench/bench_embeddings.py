@@ -53,9 +53,9 @@ import numpy as np  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
 from core.embedding_service import EmbeddingService  # noqa: E402
-from core.packing import pack_requests  # noqa: E402
+from core.engine.packing import pack_requests  # noqa: E402
 from core.testing.openai_server import FakeOpenAIServer, expected_embeddings  # noqa: E402
-from core.tokens import count_tokens_batch, get_encoding  # noqa: E402
+from core.engine.tokens import count_tokens_batch, get_encoding  # noqa: E402
 
 API_KEY = "sk-bench-not-a-real-key"
 DIMS = 1536
@@ -346,7 +346,7 @@ def profile_client(fake: FakeOpenAIServer, texts: Sequence[str]) -> dict[str, An
                    if file.replace(os.sep, "/").endswith(file_part) and fn == name)
 
     parts = {
-        "token counting (core.tokens.count_tokens_batch)": cum("core/tokens.py", "count_tokens_batch"),
+        "token counting (core.engine.tokens.count_tokens_batch)": cum("core/tokens.py", "count_tokens_batch"),
         "SDK request building (openai maybe_transform)": cum("openai/_utils/_transform.py", "maybe_transform"),
         "HTTP exchange incl. server work (httpx Client.send)": cum("_client.py", "send"),
         "JSON decode of responses (json.loads)": cum("json/__init__.py", "loads"),
@@ -410,7 +410,7 @@ def client_cpu_parts(texts: Sequence[str]) -> dict[str, Any]:
     request = {"model": "text-embedding-3-small", "input": sub, "encoding_format": "base64"}
     sub_tokens = sum(count_tokens_batch(sub))
     per_request = {
-        "token counting, core.tokens.count_tokens_batch": cpu(lambda: count_tokens_batch(sub)),
+        "token counting, core.engine.tokens.count_tokens_batch": cpu(lambda: count_tokens_batch(sub)),
         "token counting, plain encode_ordinary loop (for comparison)": cpu(lambda: [len(enc.encode_ordinary(t)) for t in sub]),
         "SDK request building (maybe_transform)": cpu(lambda: maybe_transform(request, embedding_create_params.EmbeddingCreateParams)),
         "JSON encode of the request": cpu(lambda: json.dumps(request)),
@@ -496,7 +496,7 @@ def scenario_latency(quick: bool, seed: int) -> dict[str, Any]:
         "response), unprofiled, best of 3:")
     say(table(["step", "CPU s", "us per input"],
               [[k, v, v / parts["per_request_inputs"] * 1e6] for k, v in parts["per_request_cpu_s"].items()]))
-    say(f"Token counting of {c['tokens']:,} tokens: core.tokens.count_tokens_batch {c['count_tokens_batch_cpu_s']} s CPU / "
+    say(f"Token counting of {c['tokens']:,} tokens: core.engine.tokens.count_tokens_batch {c['count_tokens_batch_cpu_s']} s CPU / "
         f"{c['count_tokens_batch_wall_s']} s wall vs a plain one-thread loop of encode_ordinary "
         f"{c['plain_loop_cpu_s']} s CPU / {c['plain_loop_wall_s']} s wall.")
     say()

@@ -65,13 +65,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import core.embedding_service as embedding_service_module  # noqa: E402
-from core.embedded import EmbeddedPostgres  # noqa: E402
+from core.embedded.server import EmbeddedPostgres  # noqa: E402
 from core.embedding_service import EmbeddingService  # noqa: E402
-from core.ingest import section_text  # noqa: E402
-from core.postgres_store import PostgresStore  # noqa: E402
+from core.stores.ingest import section_text  # noqa: E402
+from core.stores.postgres import PostgresStore  # noqa: E402
 from core.readers import read_records  # noqa: E402
-from core.rows import Row  # noqa: E402
-from core.schema import index_name, render_index  # noqa: E402
+from core.engine.rows import Row  # noqa: E402
+from core.stores.schema import index_name, render_index  # noqa: E402
 from core.testing.openai_server import FakeOpenAIServer, expected_embedding  # noqa: E402
 
 DIMENSIONS = 1536
@@ -129,7 +129,7 @@ def make_vocabulary(rng: random.Random, size: int) -> list[str]:
 
 def write_sections(path: Path, n: int, seed: int, keep: set[int]) -> tuple[dict[int, str], dict[str, Any]]:
     """Write `n` sections (ids 1..n) as JSONL; return the embedded texts of the ids in `keep` and stats."""
-    from core.tokens import count_tokens_batch
+    from core.engine.tokens import count_tokens_batch
 
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Measure PostgresStore's binary upsert path against three others (bench/pg_write_paths.py) on a local PostgreSQL 18 + pgvector (core.embedded backend).
+"""Measure PostgresStore's binary upsert path against three others (bench/pg_write_paths.py) on a local PostgreSQL 18 + pgvector (core.embedded.server backend).
 
 Writes N rows of D float32 dimensions through each path into an empty table
 (new rows), then the same ids again with new vectors (existing rows, so every
@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from core.postgres_store import PostgresStore  # noqa: E402
-from core.rows import Row  # noqa: E402
+from core.stores.postgres import PostgresStore  # noqa: E402
+from core.engine.rows import Row  # noqa: E402
 from pg_write_paths import PATHS, PathStore  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     root = server = None
     dsn = args.dsn
     if dsn is None:
-        from core.embedded import import_pgserver
+        from core.embedded.server import import_pgserver
 
         pgserver = import_pgserver()
 

@@ -52,9 +52,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test"))  # servers.postgrest_server
 
-from core.retry import call_with_retries  # noqa: E402
-from core.rows import Row, vector_literal  # noqa: E402
-from core.schema import apply_schema  # noqa: E402
+from core.engine.retry import call_with_retries  # noqa: E402
+from core.engine.rows import Row, vector_literal  # noqa: E402
+from core.stores.schema import apply_schema  # noqa: E402
 from core.supabase_store import SupabaseStore  # noqa: E402
 from servers.postgrest_server import FakePostgREST  # noqa: E402
 

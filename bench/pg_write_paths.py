@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from core.postgres_rows import COLUMNS, upsert_tail  # noqa: E402
-from core.postgres_store import PostgresStore  # noqa: E402
+from core.stores.postgres_rows import COLUMNS, upsert_tail  # noqa: E402
+from core.stores.postgres import PostgresStore  # noqa: E402
 
 __all__ = ["PATHS", "PathStore"]
 

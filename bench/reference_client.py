@@ -3,7 +3,7 @@
 Not a library and not used by `core`: the shortest careful client we could write
 by hand, so the benchmark can say how far `EmbeddingService` is from it. It
 
-- counts every text exactly (cl100k, `core.tokens.count_tokens_batch`, offline),
+- counts every text exactly (cl100k, `core.engine.tokens.count_tokens_batch`, offline),
 - packs texts in order into requests of <= 2048 inputs and <= 250,000 tokens,
 - keeps at most `max_concurrency` requests in flight (workers pulling the next
   request in order),
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
-from core.tokens import count_tokens_batch
+from core.engine.tokens import count_tokens_batch
 
 __all__ = ["MAX_INPUTS", "MAX_TOKENS", "ReferenceResult", "embed", "pack"]
 

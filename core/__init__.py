@@ -26,32 +26,32 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .async_embedding_service import AsyncEmbeddingService
-    from .async_postgres_store import AsyncPostgresStore
-    from .async_supabase_store import AsyncSupabaseStore
-    from .embedded import EmbeddedPostgres
-    from .embedding_service import EmbeddingBatch, EmbeddingService
-    from .ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
-    from .postgres_store import PostgresStore
-    from .rows import Row
-    from .schema import render_schema
-    from .supabase_store import SupabaseStore
+    from .embed.async_service import AsyncEmbeddingService
+    from .stores.async_postgres import AsyncPostgresStore
+    from .stores.async_supabase import AsyncSupabaseStore
+    from .embedded.server import EmbeddedPostgres
+    from .embed.service import EmbeddingBatch, EmbeddingService
+    from .stores.ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
+    from .stores.postgres import PostgresStore
+    from .engine.rows import Row
+    from .stores.schema import render_schema
+    from .stores.supabase import SupabaseStore
 
 _LAZY = {
-    "EmbeddingService": "embedding_service",
-    "EmbeddingBatch": "embedding_service",
-    "AsyncEmbeddingService": "async_embedding_service",
-    "AsyncPostgresStore": "async_postgres_store",
-    "AsyncSupabaseStore": "async_supabase_store",
-    "IngestInterrupted": "ingest",
-    "SupabaseStore": "supabase_store",
-    "PostgresStore": "postgres_store",
+    "EmbeddingService": "embed.service",
+    "EmbeddingBatch": "embed.service",
+    "AsyncEmbeddingService": "embed.async_service",
+    "AsyncPostgresStore": "stores.async_postgres",
+    "AsyncSupabaseStore": "stores.async_supabase",
+    "IngestInterrupted": "stores.ingest",
+    "SupabaseStore": "stores.supabase",
+    "PostgresStore": "stores.postgres",
     "EmbeddedPostgres": "embedded",
-    "SectionStore": "ingest",
-    "IngestProgress": "ingest",
-    "section_text": "ingest",
-    "Row": "rows",
-    "render_schema": "schema",
+    "SectionStore": "stores.ingest",
+    "IngestProgress": "stores.ingest",
+    "section_text": "stores.ingest",
+    "Row": "engine.rows",
+    "render_schema": "stores.schema",
 }
 
 __all__ = [

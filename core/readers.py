@@ -16,7 +16,7 @@ constant memory. Each record comes out as a `SourceRecord`:
   record does not stop the reader: the next line is read as usual.
 
 Whether a readable section is *valid* (integer id, string title and content...)
-is decided later, by `core.ingest.validate_section`.
+is decided later, by `core.stores.ingest.validate_section`.
 
 Undecodable bytes are kept as lone surrogates (``errors="surrogateescape"``):
 the section then fails validation with a clear reason, and writing the raw

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CoreError
-from ..ingest import IngestInterrupted, check_ingest_args
-from ..ingest_run import IngestProgress, IngestRun
+from ..stores.ingest import IngestInterrupted, check_ingest_args
+from ..engine.ingest_run import IngestProgress, IngestRun
 from ..limits import INGEST_WINDOW, model_dimensions
 from .collect import Collector
 from .files import ENDPOINT, BatchFile, BatchLimits, BatchWriter

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..engine.decode import decode_embeddings
 from ..errors import MisalignedResponseError
-from ..rows import Row
+from ..engine.rows import Row
 from .files import parse_custom_id
 from .job import JobStore
 from .remote import Remote

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..rows import Row
+from ..engine.rows import Row
 from .files import body_of
 from .job import JobStore
 

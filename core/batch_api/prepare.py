@@ -1,6 +1,6 @@
 """Sections into batch files: validate, leave out what the job or the store has, plan, write.
 
-The bookkeeping is the online ingest's (`core.ingest_run.IngestRun`: validation,
+The bookkeeping is the online ingest's (`core.engine.ingest_run.IngestRun`: validation,
 first occurrence of an id wins, skips by content hash + model, failures with a
 code), the packing is the embedding engine's (`EmbeddingServiceBase.plan`, no
 probe: the same validation, token counts, deduplication and packing as online),
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.plan import Request
-from ..ingest import stored_hashes, windows
-from ..ingest_run import IngestRun, Pending, Window
+from ..stores.ingest import stored_hashes, windows
+from ..engine.ingest_run import IngestRun, Pending, Window
 from ..limits import INGEST_WINDOW, model_dimensions
 from .files import BatchWriter, encode_body
 from .job import JobStore, SectionIndex, hash_prefix

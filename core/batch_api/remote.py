@@ -4,7 +4,7 @@ Upload (``files.create(purpose="batch")``), create (``completion_window="24h"``,
 job and batch keys in ``metadata``), find a batch created by a run that died before
 recording it (``batches.list``), retrieve, cancel, download (streamed to disk) and
 delete. Transient failures (timeouts, connection errors, 408/409/429/5xx) are
-retried by the one retry loop (`core.retry`); a wrong endpoint, key or account is
+retried by the one retry loop (`core.engine.retry`); a wrong endpoint, key or account is
 an `EndpointError`; anything else an `EmbeddingAPIError` with a redacted message.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ..engine.attempts import is_endpoint_problem
 from ..errors import EmbeddingAPIError, EndpointError
-from ..retry import (
+from ..engine.retry import (
     RetryPolicy,
     call_with_retries,
     error_code,

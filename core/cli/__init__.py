@@ -13,7 +13,7 @@ Commands:
 Where sections go (the first that applies): ``--database-url``; ``--data-dir``
 (embedded); Supabase when ``SUPABASE_URL`` is set (with
 ``SUPABASE_SERVICE_ROLE_KEY`` or ``SUPABASE_KEY``); ``DATABASE_URL``; else an
-embedded PostgreSQL + pgvector in a local folder (`core.embedded`).
+embedded PostgreSQL + pgvector in a local folder (`core.embedded.server`).
 ``--target`` forces one.
 
 Exit status: 0 when every section was stored or skipped, 1 when some failed,

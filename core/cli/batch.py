@@ -133,7 +133,7 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
 def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
     """Print what a Batch API ingest of `source` would submit and cost; exit 1 when some sections would fail."""
     from ..batch_api import estimate
-    from ..embedding_service import EmbeddingService
+    from ..embed.service import EmbeddingService
 
     counts = {"records": 0, "unreadable": 0}
 

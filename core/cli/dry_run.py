@@ -1,6 +1,6 @@
 """``ingest --dry-run``: tokens, requests and cost of an ingest, without a key, an API call or a database.
 
-The sections are read and validated as the ingest would (`core.ingest.validate_section`,
+The sections are read and validated as the ingest would (`core.stores.ingest.validate_section`,
 first occurrence of an id wins) in the same windows, and each window's texts are
 planned by the embedding engine itself (`EmbeddingService.plan`: token counts,
 inputs that cannot be sent, identical texts sent once, packing under both caps),
@@ -23,7 +23,7 @@ __all__ = ["dry_run"]
 
 
 def _service(args: argparse.Namespace, model: str) -> Any:
-    from ..embedding_service import EmbeddingService
+    from ..embed.service import EmbeddingService
 
     options: dict[str, Any] = {"max_batch_size": args.batch_size, "tokens_per_minute": args.tpm}
     if args.tpm is not None and args.tpm < MAX_TOKENS_PER_INPUT:
@@ -33,7 +33,7 @@ def _service(args: argparse.Namespace, model: str) -> Any:
 
 def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
     """Print what ingesting `source` would cost; exit 1 when some sections would fail."""
-    from ..ingest import section_text, validate_section
+    from ..stores.ingest import section_text, validate_section
 
     service = _service(args, model)
     counts: Counter[str] = Counter()

@@ -23,7 +23,7 @@ FIX_FIRST = (errors.ConfigurationError, errors.MissingDependencyError, errors.St
 def _stop_on_signals() -> Any:
     """SIGTERM and SIGHUP stop the command like Ctrl-C (cleanups run, the embedded server is let go of)."""
     try:
-        from ..embedded import stop_on_signals
+        from ..embedded.server import stop_on_signals
     except ImportError:  # an embedded module without it: the default handlers end the process
         return contextlib.nullcontext()
     return stop_on_signals()
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CoreError as exc:  # e.g. the search query could not be embedded
         _error(name, exc)
         return EXIT_FAILED
-    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM / SIGHUP (core.embedded.Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM / SIGHUP (core.embedded.server.Terminated)
         print(f"{name}: interrupted (sections stored so far stay stored; re-run to continue)", file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_INTERRUPTED))
     except BrokenPipeError:  # `... | head`

@@ -16,7 +16,7 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..schema import apply_schema, render_schema
+    from ..stores.schema import apply_schema, render_schema
 
     size = dimensions(args)
     options = {"table": args.table, "dimensions": size, "match_function": args.match_function, "with_index": not args.no_index}

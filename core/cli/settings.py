@@ -30,7 +30,7 @@ def dimensions(args: argparse.Namespace) -> int:
 
 def check_table(args: argparse.Namespace) -> None:
     """Refuse a bad --table / --dimensions before anything starts."""
-    from ..schema import validate_dimensions, validate_identifier
+    from ..stores.schema import validate_dimensions, validate_identifier
 
     try:
         validate_identifier(args.table, "table")
@@ -54,7 +54,7 @@ def require_key() -> None:
 def make_service(args: argparse.Namespace, **options: Any) -> Any:
     """The `EmbeddingService` for `args.model` with `options`; the key comes from the environment."""
     require_key()
-    from ..embedding_service import EmbeddingService
+    from ..embed.service import EmbeddingService
 
     try:
         return EmbeddingService(model=model(args), **options)

@@ -78,7 +78,7 @@ def select_target(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         if not dsn:
             raise UsageError("--target postgres needs --database-url or DATABASE_URL")
         return Target("postgres", dsn=dsn)
-    from ..embedded import data_dir
+    from ..embedded.server import data_dir
 
     return Target("embedded", folder=data_dir(args.data_dir))
 
@@ -87,7 +87,7 @@ def embedded_problem(target: Target) -> str | None:
     """Why the embedded pgvector cannot use HNSW / `vector` distances here (None for other targets)."""
     if target.kind != "embedded":
         return None
-    from ..embedded import vector_math_problem
+    from ..embedded.server import vector_math_problem
 
     return vector_math_problem()
 
@@ -99,7 +99,7 @@ def database(target: Target, note: Note, *, must_exist: bool = False) -> Iterato
         assert target.dsn is not None
         yield target.dsn
         return
-    from ..embedded import EmbeddedPostgres, import_pgserver, opened_as_root
+    from ..embedded.server import EmbeddedPostgres, import_pgserver, opened_as_root
 
     server = EmbeddedPostgres(target.folder)
     if must_exist and not server.initialised:
@@ -134,7 +134,7 @@ def database(target: Target, note: Note, *, must_exist: bool = False) -> Iterato
 
 def postgres_store(dsn: str, table: str, dimensions: int, *, halfvec_scan: bool = False) -> Any:
     """A `PostgresStore` that creates nothing on its own (the CLI prepares the table itself)."""
-    from ..postgres_store import PostgresStore
+    from ..stores.postgres import PostgresStore
 
     SECRETS.add_dsn(dsn)
     try:
@@ -177,7 +177,7 @@ def open_supabase(target: Target, table: str, dimensions: int | None) -> Any:
         UsageError: The URL or key cannot even make a client.
         StoreError: The preflight failed (one line naming URL and table, never the key).
     """
-    from ..supabase_store import SupabaseStore
+    from ..stores.supabase import SupabaseStore
 
     try:
         store = SupabaseStore(target.url, target.key, table=table)

@@ -8,7 +8,7 @@ sleeping, waiting for the rate limiter) around these decisions:
 - before the endpoint has answered once, a refused connection, 401, 403, 404 or
   `insufficient_quota` is `EndpointError`: a wrong URL, key or account, not 20,000
   bad sections — the run stops at once, before paying for anything else;
-- a misaligned answer is resent at once; the rest follows `core.retry`'s policy.
+- a misaligned answer is resent at once; the rest follows `core.engine.retry`'s policy.
 
 No raw SDK exception leaves this module's failures: `sanitized()` keeps the status,
 code and request id of the last error, with its message redacted.
@@ -25,8 +25,8 @@ from typing import Any
 from openai.resources.embeddings import AsyncEmbeddings, Embeddings
 
 from ..errors import EmbeddingAPIError, EndpointError, MisalignedResponseError, RequestTooLargeError
-from ..ratelimit import RateLimiter
-from ..retry import RetryPolicy, error_code, error_headers, error_status, retry_delay, should_retry
+from .ratelimit import RateLimiter
+from .retry import RetryPolicy, error_code, error_headers, error_status, retry_delay, should_retry
 from ..secrets import redact
 from .decode import decode_embeddings
 from .plan import EmbeddingBatch, Request

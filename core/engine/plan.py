@@ -27,8 +27,8 @@ from ..limits import PROBE_REQUEST_TOKENS, REQUEST_SHARE_OF_BUDGET
 
 COUNT_CHUNK = 256
 """Inputs checked and counted at a time (~110k tokens of ~440-token sections: ~20 ms)."""
-from ..packing import pack_requests
-from ..tokens import count_tokens_batch, truncate_to_tokens
+from .packing import pack_requests
+from .tokens import count_tokens_batch, truncate_to_tokens
 
 __all__ = ["EmbedPlan", "EmbeddingBatch", "Request", "request_token_target"]
 

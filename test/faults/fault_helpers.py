@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.ingest import content_hash, section_text
+from core.stores.ingest import content_hash, section_text
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "text-embedding-3-small"

@@ -23,7 +23,7 @@ from fault_helpers import FIGURES, check_table, make_sections, settle
 
 from core import EmbeddingService
 from core.errors import StoreError
-from core.postgres_store import PostgresStore
+from core.stores.postgres import PostgresStore
 
 DIMS = 256  # text-embedding-3-small shortened: same checks, a sixth of the bytes to move and compare
 BACKOFF_SCALE = 0.2
@@ -307,7 +307,7 @@ def own_postgres() -> Any:
     import shutil
     import tempfile
 
-    from core.embedded import import_pgserver
+    from core.embedded.server import import_pgserver
     from core.errors import MissingDependencyError
 
     try:

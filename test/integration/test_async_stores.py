@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from core import AsyncEmbeddingService, EmbeddingService, PostgresStore
-from core.async_postgres_store import AsyncPostgresStore
+from core.stores.async_postgres import AsyncPostgresStore
 from core.errors import StoreError
-from core.ingest_run import section_text
+from core.engine.ingest_run import section_text
 from core.testing import expected_embedding
 
 DIMS = 1536
@@ -90,7 +90,7 @@ def test_async_unreachable_store_fails_before_paying(fake_openai, tmp_path):
 
 def test_async_supabase_store_ingests_reruns_and_searches(rest, pg_conn, pg_dsn, fake_openai):
     from core import AsyncSupabaseStore
-    from core.schema import apply_schema
+    from core.stores.schema import apply_schema
 
     apply_schema(pg_dsn, with_index=False)
     rest.reload_schema()

@@ -15,8 +15,8 @@ import pytest
 from core import EmbeddingService, PostgresStore
 from core.batch_api import BatchJob, BatchLimits, Polling, estimate
 from core.batch_api.remote import Remote
-from core.ingest import IngestInterrupted
-from core.ingest_run import section_text
+from core.stores.ingest import IngestInterrupted
+from core.engine.ingest_run import section_text
 from core.testing import expected_embedding
 from core.testing.openai_server.batches import BatchControl
 

@@ -58,7 +58,7 @@ def embedded(workdir: Path, openai_server: Any) -> Iterator[dict[str, Any]]:
     then started from the test process, so the checks can query it and later
     CLI runs share it (pgserver stops it when its last user lets go).
     """
-    from core.embedded import import_pgserver
+    from core.embedded.server import import_pgserver
 
     pgserver = import_pgserver()
     openai_server.reset_config()
@@ -296,7 +296,7 @@ def test_index_is_built_after_the_load(in_process: Any, pg_dsn: str, pg_conn: An
 
 
 def test_embedded_data_folder_defaults(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
-    from core import embedded
+    from core.embedded import server as embedded
 
     monkeypatch.delenv("CORE_DATA_DIR", raising=False)
     monkeypatch.setattr(embedded, "is_root", lambda: True)

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 import core
-from core.embedded import EmbeddedPostgres, Terminated, import_pgserver, stop_on_signals
-from core.embedded_lifecycle import HANDLES_FILE, prune_dead_handles
+from core.embedded.server import EmbeddedPostgres, Terminated, import_pgserver, stop_on_signals
+from core.embedded.lifecycle import HANDLES_FILE, prune_dead_handles
 from core.errors import MissingDependencyError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -43,7 +43,7 @@ CORE_ROOT = str(Path(core.__file__).resolve().parent.parent)
 # its `with` blocks have run, and exits 128 + signal.
 CHILD = r"""
 import sys, time, psycopg
-from core.embedded import EmbeddedPostgres, Terminated, stop_on_signals
+from core.embedded.server import EmbeddedPostgres, Terminated, stop_on_signals
 folder, action = sys.argv[1], sys.argv[2]
 try:
     with stop_on_signals(), EmbeddedPostgres(folder) as dsn:
@@ -291,7 +291,7 @@ def test_start_and_stop_still_work_and_dsn_attribute() -> None:
         dsn = pg.start()
         assert dsn.startswith("postgresql://") and pg.dsn == dsn
         with psycopg.connect(dsn) as conn:
-            # Set by the embedded server so killed clients' statements end (see core.embedded_lifecycle).
+            # Set by the embedded server so killed clients' statements end (see core.embedded.lifecycle).
             assert conn.execute("show client_connection_check_interval").fetchone() == ("1s",)
         pg.stop()
         pg.stop()  # idempotent

@@ -16,7 +16,7 @@ from core import AllRequestsFailedError
 from core.embedding_service import EmbeddingService
 from core.errors import EndpointError
 from core.testing import expected_embedding
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 pytestmark = pytest.mark.integration
 

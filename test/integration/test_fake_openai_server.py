@@ -18,7 +18,7 @@ import pytest
 
 from core.testing import DEFAULT_CONFIG, FakeOpenAIServer, expected_embedding, expected_embeddings, format_duration
 from core.testing.openai_server import _WORD_RE, _word_codes
-from core.tokens import count_tokens, get_encoding
+from core.engine.tokens import count_tokens, get_encoding
 
 pytestmark = pytest.mark.integration
 

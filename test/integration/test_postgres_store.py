@@ -18,9 +18,9 @@ import psycopg
 import pytest
 
 from core.errors import ConfigurationError, InvalidInputError, StoreError
-from core.postgres_store import PostgresStore
-from core.rows import Row
-from core.schema import index_name
+from core.stores.postgres import PostgresStore
+from core.engine.rows import Row
+from core.stores.schema import index_name
 
 STAMP = "2026-02-03T04:05:06+00:00"
 

@@ -18,10 +18,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.postgres_admin import INDEX_MEMORY_CAP, INDEX_MEMORY_FLOOR, TableState, index_memory
-from core.postgres_store import PostgresStore
-from core.rows import Row
-from core.schema import index_name
+from core.stores.postgres_admin import INDEX_MEMORY_CAP, INDEX_MEMORY_FLOOR, TableState, index_memory
+from core.stores.postgres import PostgresStore
+from core.engine.rows import Row
+from core.stores.schema import index_name
 
 pytestmark = pytest.mark.integration
 

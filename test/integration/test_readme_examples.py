@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from core.schema import apply_schema
+from core.stores.schema import apply_schema
 from servers.postgrest_server import FakePostgREST
 
 README = Path(__file__).resolve().parents[2] / "README.md"

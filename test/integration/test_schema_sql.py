@@ -1,8 +1,8 @@
-"""The shipped SQL (core/sql/schema.sql via core.schema) on a real PostgreSQL + pgvector.
+"""The shipped SQL (core/sql/schema.sql via core.stores.schema) on a real PostgreSQL + pgvector.
 
 Rows are also written exactly as PostgREST writes them for supabase-py's
 ``upsert(..., on_conflict="section_id")``, to check that the JSON text form of a
-vector (`core.rows.vector_literal`) lands bit for bit. Rendering and validation
+vector (`core.engine.rows.vector_literal`) lands bit for bit. Rendering and validation
 without a database are in test/unit/test_schema_render.py.
 
 On this project's machines pgvector's `vector` distances crash from 16
@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from core.errors import StoreError
-from core.rows import vector_literal
-from core.schema import (
+from core.engine.rows import vector_literal
+from core.stores.schema import (
     apply_schema,
     index_name,
 )

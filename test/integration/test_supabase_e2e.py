@@ -4,7 +4,7 @@ Nothing is mocked between the store and the database: the real `SupabaseStore`
 (its own supabase-py client) and the real `EmbeddingService` (the openai SDK)
 talk HTTP to the local OpenAI-compatible server and to
 `servers.postgrest_server` (test/servers/), which runs PostgREST's SQL on the session's
-PostgreSQL with the shipped schema (`core.schema.apply_schema`) applied. Rows
+PostgreSQL with the shipped schema (`core.stores.schema.apply_schema`) applied. Rows
 are read back with psycopg + pgvector and each vector is compared, bit for bit
 as float32, with `expected_embedding` of its section's text.
 
@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from core.embedding_service import EmbeddingService
-from core.rows import vector_literal
-from core.schema import apply_schema
+from core.engine.rows import vector_literal
+from core.stores.schema import apply_schema
 from core.supabase_store import SupabaseStore
 from core.testing import expected_embedding
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 from servers.postgrest_server import FakePostgREST
 
 pytestmark = [

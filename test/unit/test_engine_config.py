@@ -44,7 +44,7 @@ from core.errors import (
 )
 from core.limits import model_dimensions
 from core.secrets import redact
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 
 # --- dedup and progress ---------------------------------------------------------------------

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from core.engine.attempts import raw_call
 from core.engine.plan import EmbedPlan, request_token_target
-from core.ingest import IngestInterrupted
+from core.stores.ingest import IngestInterrupted
 from core.limits import PROBE_REQUEST_TOKENS, REQUEST_SHARE_OF_BUDGET
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 
 def drain(plan: EmbedPlan) -> list[Any]:

@@ -29,7 +29,7 @@ from core.errors import (
     InputTooLongError,
     InvalidInputTypeError,
 )
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 
 # --- happy path and result shape -----------------------------------------------------------

@@ -32,7 +32,7 @@ from core.errors import (
     InvalidInputTypeError,
 )
 from core.limits import MAX_RETRY_AFTER
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 
 # --- retries --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The shared ingest pipeline (`core.ingest.SectionStore`): windows, progress, services with only the seed API, another store.
+"""The shared ingest pipeline (`core.stores.ingest.SectionStore`): windows, progress, services with only the seed API, another store.
 
 The supabase client is `FakeSupabase` (test/support/fake_supabase.py), the
 suite's one Supabase fake, here through its client face: it keeps the rows it
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from core.errors import ConfigurationError
-from core.ingest import IngestProgress, SectionStore, section_text
-from core.rows import Row
+from core.stores.ingest import IngestProgress, SectionStore, section_text
+from core.engine.rows import Row
 from fake_supabase import FakeSupabase, api_error
 from store_helpers import (
     assert_accounted,

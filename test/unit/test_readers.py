@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.ingest import validate_section
+from core.stores.ingest import validate_section
 from core.readers import (
     InputFileError,
     count_records,

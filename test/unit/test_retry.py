@@ -1,4 +1,4 @@
-"""Retry decisions (`core.retry`): what is worth retrying, how long to wait, Retry-After and duration parsing.
+"""Retry decisions (`core.engine.retry`): what is worth retrying, how long to wait, Retry-After and duration parsing.
 
 Nothing here sleeps or touches the network: SDK errors are built from real
 `openai` exception classes over `httpx2` objects (test/support/fake_openai_client.py).
@@ -13,7 +13,7 @@ import pytest
 from fake_openai_client import connection_error, status_error, timeout_error
 
 from core.limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
-from core.retry import (
+from core.engine.retry import (
     MisalignedResponseError,
     error_code,
     error_headers,

@@ -1,4 +1,4 @@
-"""The shipped SQL rendered and validated without a database (core.schema).
+"""The shipped SQL rendered and validated without a database (core.stores.schema).
 
 The same SQL applied to a real PostgreSQL is in test/integration/test_schema_sql.py.
 """
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from core.errors import ConfigurationError
-from core.schema import (
+from core.stores.schema import (
     index_name,
     render_index,
     render_schema,

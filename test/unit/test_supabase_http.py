@@ -33,10 +33,10 @@ from store_helpers import (
 )
 
 from core.errors import StoreError
-from core.ingest import content_hash, section_text
-from core.rows import vector_literal
+from core.stores.ingest import content_hash, section_text
+from core.engine.rows import vector_literal
 from core.supabase_store import SupabaseStore
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 
 pytestmark = pytest.mark.filterwarnings(
     # supabase-py passes postgrest-py arguments it has itself deprecated

@@ -21,8 +21,8 @@ import respx
 
 from core import limits, supabase_store
 from core.errors import StoreError
-from core.retry import RetryPolicy
-from core.rows import Row, vector_literal
+from core.engine.retry import RetryPolicy
+from core.engine.rows import Row, vector_literal
 from core.supabase_store import SupabaseStore, row_retry_delay
 
 URL = "http://127.0.0.1:54321"

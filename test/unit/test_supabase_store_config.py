@@ -17,7 +17,7 @@ import logging
 import pytest
 
 from core.errors import ConfigurationError
-from core.rows import vector_literal
+from core.engine.rows import vector_literal
 from core.supabase_store import SupabaseStore
 from fake_supabase import KEY, URL, FakeSupabase, api_error
 from store_helpers import (

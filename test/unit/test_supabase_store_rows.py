@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from core.ingest import content_hash, section_text
-from core.rows import Row, vector_literal
+from core.stores.ingest import content_hash, section_text
+from core.engine.rows import Row, vector_literal
 from core.supabase_store import SupabaseStore
-from core.tokens import count_tokens
+from core.engine.tokens import count_tokens
 from fake_supabase import FakeSupabase, api_error
 from store_helpers import (
     MODEL,

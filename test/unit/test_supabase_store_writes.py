@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from core.errors import StoreError
-from core.ingest import HASH_LOOKUP_CHUNK, content_hash, section_text
-from core.rows import vector_literal
+from core.stores.ingest import HASH_LOOKUP_CHUNK, content_hash, section_text
+from core.engine.rows import vector_literal
 from fake_supabase import FakeSupabase, api_error
 from store_helpers import (
     MODEL,

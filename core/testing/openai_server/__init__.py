@@ -3,7 +3,7 @@
 Nothing here touches the internet. The server runs as its own process on
 127.0.0.1 and behaves, as a client sees it, like the real embeddings API:
 bearer auth, the documented request limits and their error bodies, exact
-cl100k_base token counts (`core.tokens`), `float` / `base64` encodings,
+cl100k_base token counts (`core.engine.tokens`), `float` / `base64` encodings,
 shortened `dimensions`, rate-limit headers and continuously refilling RPM/TPM
 buckets, plus configurable latency and injectable faults.
 

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from core.tokens import get_encoding
+from core.engine.tokens import get_encoding
 
 from .api import ApiError, ApiRequest, Reply, input_invalid, ms_since, parse_json_object, require_bearer, sleep_until
 from .config import MODEL_DIMENSIONS

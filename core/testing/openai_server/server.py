@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from core.testing._process import read_request_body, watch_stdin_eof
-from core.tokens import get_encoding
+from core.engine.tokens import get_encoding
 
 from .api import ApiError, ApiRequest, Endpoint, Reply, ms_since
 from .batches import BATCH_ROUTES, control as batch_control

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import Any
 
-from core.tokens import count_tokens_batch
+from core.engine.tokens import count_tokens_batch
 
 from .config import DEFAULT_CONFIG, validate_config
 from .faults import draw_fault, storm_error
@@ -132,7 +132,7 @@ class State:
 
     # -- token counts ------------------------------------------------------------------
     def count_tokens(self, texts: list[str], digests: list[bytes]) -> list[int]:
-        """Exact cl100k_base counts (core.tokens), cached by the texts' 128-bit digests."""
+        """Exact cl100k_base counts (core.engine.tokens), cached by the texts' 128-bit digests."""
         cache = self.count_cache
         counts = [cache.get(d) for d in digests]
         missing = [i for i, c in enumerate(counts) if c is None]

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
-from .limits import TOKENIZER_ENCODING
+from ..errors import ConfigurationError
+from ..limits import TOKENIZER_ENCODING
 
 if TYPE_CHECKING:
     import tiktoken

@@ -1,6 +1,6 @@
 """One ingest's bookkeeping, free of I/O: validation, skips, rows, failures, the report.
 
-The sync pipeline (`core.ingest`), the async one (`core.async_ingest`) and the Batch
+The sync pipeline (`core.stores.ingest`), the async one (`core.stores.async_ingest`) and the Batch
 API path drive an `IngestRun` and only do the I/O around it (looking up stored
 hashes, embedding, writing rows), so accounting lives here once and is exact:
 every section given ends in exactly one of stored, skipped (unchanged since it was

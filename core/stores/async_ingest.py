@@ -1,6 +1,6 @@
 """The ingest pipeline for event loops: `AsyncSectionStore`, base of the async stores.
 
-The same steps, accounting and errors as `core.ingest` (the bookkeeping is the same
+The same steps, accounting and errors as `core.stores.ingest` (the bookkeeping is the same
 `IngestRun`), awaited instead of blocking: rows are written as each embeddings
 request of an `AsyncEmbeddingService` completes, Ctrl-C/cancellation stops with
 the exact report, a store or endpoint that cannot be used stops before paying.
@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ConfigurationError, CoreError
+from ..errors import ConfigurationError, CoreError
 from .ingest import DEFAULT_WINDOW, IngestInterrupted, check_ingest_args, lookup_errors, windows
-from .ingest_run import IngestProgress, IngestRun, Window
-from .limits import model_dimensions
-from .rows import Row
+from ..engine.ingest_run import IngestProgress, IngestRun, Window
+from ..limits import model_dimensions
+from ..engine.rows import Row
 
 __all__ = ["AsyncSectionStore"]
 

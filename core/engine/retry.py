@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from .errors import MisalignedResponseError, RequestTooLargeError  # noqa: F401 - re-exported (their old home)
-from .limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
+from ..errors import MisalignedResponseError, RequestTooLargeError  # noqa: F401 - re-exported (their old home)
+from ..limits import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
 __all__ = [
     "MisalignedResponseError",

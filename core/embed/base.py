@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from .engine.attempts import Attempts
-from .engine.output import format_vectors
-from .engine.plan import EmbeddingBatch, EmbedPlan, Request
-from .errors import (
+from ..engine.attempts import Attempts
+from ..engine.output import format_vectors
+from ..engine.plan import EmbeddingBatch, EmbedPlan, Request
+from ..errors import (
     AllRequestsFailedError,
     ConfigurationError,
     EmbeddingAPIError,
@@ -30,7 +30,7 @@ from .errors import (
     InvalidInputTypeError,
     RequestTooLargeError,
 )
-from .limits import (
+from ..limits import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
@@ -39,7 +39,7 @@ from .limits import (
     MAX_TOKENS_PER_INPUT,
     MAX_TOKENS_PER_REQUEST,
 )
-from .ratelimit import RateLimiter
+from ..engine.ratelimit import RateLimiter
 
 __all__ = ["EmbeddingServiceBase", "OutputFormat"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from .retry import error_headers, retry_after_seconds
+from ..engine.retry import error_headers, retry_after_seconds
 
 __all__ = [
     "ROW_RETRY_FIRST_DELAY",

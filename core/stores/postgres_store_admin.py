@@ -1,7 +1,7 @@
 """`PostgresStore`'s table administration for bulk loads: `ensure_schema`, `create_index`,
 `drop_index`, `table_state`.
 
-The SQL is `core.postgres_admin`'s; these methods run it on the store's connection
+The SQL is `core.stores.postgres_admin`'s; these methods run it on the store's connection
 through `PostgresStore._admin`, which turns a database error into a `StoreError`
 naming the table and never the password. A mixin: `PostgresStore` is its only user.
 """

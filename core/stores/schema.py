@@ -20,9 +20,9 @@ import importlib.resources
 import re
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, MissingDependencyError, StoreError
-from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MODEL_DIMENSIONS
-from .secrets import redact_dsn, scrub_dsn
+from ..errors import ConfigurationError, MissingDependencyError, StoreError
+from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MODEL_DIMENSIONS
+from ..secrets import redact_dsn, scrub_dsn
 
 if TYPE_CHECKING:
     import psycopg
@@ -185,7 +185,7 @@ def _index_parts(table: str, dimensions: int) -> dict[str, str]:
 
 
 def _template() -> str:
-    return importlib.resources.files("core").joinpath("sql/schema.sql").read_text(encoding="utf-8")
+    return importlib.resources.files("core.stores").joinpath("sql/schema.sql").read_text(encoding="utf-8")
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -283,7 +283,7 @@ def apply_schema_sql(conn: psycopg.Connection[Any], sql: str, *, table: str) -> 
         psycopg.Error: Whatever the server answers; the transaction is rolled back.
     """
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", ("core.schema:" + table,))
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", ("core.stores.schema:" + table,))
         # No parameters: psycopg sends the script as is, so several statements run.
         conn.execute(sql.encode("utf-8"))
 

@@ -1,6 +1,6 @@
 """`AsyncPostgresStore`: `PostgresStore` for event loops, over psycopg's async connection.
 
-The SQL, row encoding and refusal reasons are `PostgresStore`'s (`core.postgres_rows`),
+The SQL, row encoding and refusal reasons are `PostgresStore`'s (`core.stores.postgres_rows`),
 the pipeline is the shared `AsyncSectionStore`; only the waiting differs. One-time
 administration (creating the schema, the preflight's table checks) runs the sync
 store's code in a worker thread: it happens once per store, not per row.
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .async_ingest import AsyncSectionStore
-from .errors import InvalidInputError, StoreError
+from ..errors import InvalidInputError, StoreError
 from .postgres_rows import as_float32, prepare_rows, refusal_reason, upsert_sql
-from .postgres_store import PostgresStore
-from .rows import Row
-from .secrets import redact_dsn, scrub_dsn
+from .postgres import PostgresStore
+from ..engine.rows import Row
+from ..secrets import redact_dsn, scrub_dsn
 
 __all__ = ["AsyncPostgresStore"]
 

@@ -2,7 +2,7 @@
 
 A store only says how to read stored hashes, how to write rows and how to search
 (`fetch_hashes`, `write_rows`, `search_vector`) and what to check before paying
-(`preflight`); the bookkeeping lives once in `core.ingest_run` (shared with the async
+(`preflight`); the bookkeeping lives once in `core.engine.ingest_run` (shared with the async
 pipeline and the Batch API), and this module only does the I/O around it, in windows
 of `INGEST_WINDOW` sections so memory stays flat on any corpus size.
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ConfigurationError, CoreError, StoreError
-from .ingest_run import (
+from ..errors import ConfigurationError, CoreError, StoreError
+from ..engine.ingest_run import (
     HASH_LOOKUP_CHUNK,
     IngestProgress,
     IngestRun,
@@ -31,8 +31,8 @@ from .ingest_run import (
     seed_result_vectors,
     validate_section,
 )
-from .limits import INGEST_WINDOW, MAX_INPUTS_PER_REQUEST, model_dimensions
-from .rows import Row
+from ..limits import INGEST_WINDOW, MAX_INPUTS_PER_REQUEST, model_dimensions
+from ..engine.rows import Row
 
 __all__ = [
     "SectionStore",

@@ -1,6 +1,6 @@
 """Keeping the embedded PostgreSQL from outliving the processes that use it.
 
-pgserver (`core.embedded`) counts its users per data folder: each process that
+pgserver (`core.embedded.server`) counts its users per data folder: each process that
 starts a server appends its PID to ``.handle_pids.json`` in the data folder and
 removes it at exit (``atexit``); the process that removes the last PID stops the
 server. Three ways that went wrong, and what this module does about each:
@@ -103,7 +103,7 @@ def stop_on_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
         Terminated: From inside the block, when one of `signals` arrives.
 
     Example:
-        >>> from core.embedded import EmbeddedPostgres, Terminated, stop_on_signals
+        >>> from core.embedded.server import EmbeddedPostgres, Terminated, stop_on_signals
         >>> def run(folder):
         ...     try:
         ...         with stop_on_signals(), EmbeddedPostgres(folder) as dsn:

@@ -2,7 +2,7 @@
 
 The same contract, results, errors and limits as `EmbeddingService`, driven by the
 same engine core (`core.engine`: plan, attempts, decode) and the same retry loop
-(`core.retry`, async flavour); only the waiting differs: `AsyncOpenAI`, tasks and
+(`core.engine.retry`, async flavour); only the waiting differs: `AsyncOpenAI`, tasks and
 `asyncio.wait` instead of threads. One `RateLimiter` per service paces every
 concurrent call: 100 `generate_embedding` calls at once share one budget, and while
 the account's limits are unknown only one request (the probe) goes out first.
@@ -19,10 +19,10 @@ from typing import Any
 
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
-from .engine.attempts import raw_call
-from .engine.plan import EmbeddingBatch, Request
-from .retry import acall_with_retries
-from .service_base import EmbeddingServiceBase, sent_at
+from ..engine.attempts import raw_call
+from ..engine.plan import EmbeddingBatch, Request
+from ..engine.retry import acall_with_retries
+from .base import EmbeddingServiceBase, sent_at
 
 __all__ = ["AsyncEmbeddingService"]
 

@@ -22,7 +22,7 @@ three live in bench/pg_write_paths.py) it had the best median in 3 runs of 4
 chunk size, one cached statement and no temporary table.
 
 For bulk loads: `table_state`, `drop_index`, `create_index` (with enough
-`maintenance_work_mem`), see `core.postgres_store_admin` and `core.postgres_admin`.
+`maintenance_work_mem`), see `core.stores.postgres_store_admin` and `core.stores.postgres_admin`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import postgres_admin as admin
-from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
+from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
 from .ingest import SectionStore
-from .limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE
+from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE
 from .postgres_admin import INDEX_MEMORY_CAP, TableState
 from .postgres_rows import (
     as_float32,
@@ -47,9 +47,9 @@ from .postgres_rows import (
     upsert_sql,
 )
 from .postgres_store_admin import PostgresStoreAdmin
-from .rows import Row
+from ..engine.rows import Row
 from .schema import DEFAULT_DIMENSIONS, apply_schema_sql, render_schema, validate_dimensions, validate_identifier
-from .secrets import redact_dsn, scrub_dsn
+from ..secrets import redact_dsn, scrub_dsn
 
 if TYPE_CHECKING:
     import numpy
@@ -92,7 +92,7 @@ class PostgresStore(PostgresStoreAdmin, SectionStore):
         connect_timeout: Seconds to wait for the connection.
         halfvec_scan: Search by a full scan with `halfvec` cosine distances
             instead of the search function: for the embedded pgvector built for
-            AVX-512 on a CPU without it (see `core.embedded.vector_math_problem`),
+            AVX-512 on a CPU without it (see `core.embedded.server.vector_math_problem`),
             where `vector` distances kill the server and `halfvec` ones work.
             Similarities are then half precision (about three digits).
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from collections.abc import Iterator, Sequence
 
-from .rows import Row, vector_literal
+from ..engine.rows import Row, vector_literal
 
 __all__ = [
     "COLUMNS", "as_float32", "chunks", "ef_search", "prepare_rows", "refusal_reason", "row_params", "search_sql",
