@@ -27,8 +27,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .embed.async_service import AsyncEmbeddingService
-    from .stores.async_postgres import AsyncPostgresStore
-    from .stores.async_supabase import AsyncSupabaseStore
+    from .stores.postgres_async import AsyncPostgresStore
+    from .stores.supabase_async import AsyncSupabaseStore
     from .embedded.server import EmbeddedPostgres
     from .embed.service import EmbeddingBatch, EmbeddingService
     from .stores.ingest import IngestInterrupted, IngestProgress, SectionStore, section_text
@@ -41,8 +41,8 @@ _LAZY = {
     "EmbeddingService": "embed.service",
     "EmbeddingBatch": "embed.service",
     "AsyncEmbeddingService": "embed.async_service",
-    "AsyncPostgresStore": "stores.async_postgres",
-    "AsyncSupabaseStore": "stores.async_supabase",
+    "AsyncPostgresStore": "stores.postgres_async",
+    "AsyncSupabaseStore": "stores.supabase_async",
     "IngestInterrupted": "stores.ingest",
     "SupabaseStore": "stores.supabase",
     "PostgresStore": "stores.postgres",

@@ -150,3 +150,17 @@ class MisalignedResponseError(CoreError):
 
     Never accepted: a vector stored under the wrong section is worse than none.
     """
+
+
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal turned into it) stopped an ingest; `report` says exactly what was stored.
+
+    Requests not yet sent were cancelled; rows written before the interrupt stay
+    written (vectors are stored as their requests complete, not window by window).
+    Raised by the sync and the async ingest alike (under ``asyncio.run``, Ctrl-C
+    reaches the ingest as a cancellation, which it turns into this).
+    """
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(f"interrupted after storing {report['success_count']} sections")
+        self.report = report

@@ -64,3 +64,13 @@ INGEST_WINDOW = 8192
 SUPABASE_MAX_CONCURRENCY = 16
 """PostgREST upserts in flight at once: enough to hide ~20 ms of round trip per row
 (supabase-py keeps 20 keep-alive connections; more would reopen connections)."""
+SUPABASE_ROW_RETRIES = 2
+"""Retries of a Supabase row (or chunk) after a transient error."""
+POSTGRES_POOL_SIZE = 8
+"""Most connections one `PostgresStore` / `AsyncPostgresStore` opens: each concurrent caller
+(thread or task) writes or searches on its own connection, inside its own transactions, so a
+store shared by an app's requests never mixes one caller's transaction with another's. 8 is the
+embedding drivers' default `max_concurrency` (one writer per request in flight); one stays open
+between calls."""
+POSTGRES_MAX_ROWS_PER_CHUNK = 9000
+"""A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""

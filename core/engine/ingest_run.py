@@ -1,6 +1,6 @@
 """One ingest's bookkeeping, free of I/O: validation, skips, rows, failures, the report.
 
-The sync pipeline (`core.stores.ingest`), the async one (`core.stores.async_ingest`) and the Batch
+The ingest pipeline (`core.stores.ingest_async`, and `core.stores.ingest` generated from it) and the Batch
 API path drive an `IngestRun` and only do the I/O around it (looking up stored
 hashes, embedding, writing rows), so accounting lives here once and is exact:
 every section given ends in exactly one of stored, skipped (unchanged since it was
@@ -10,11 +10,16 @@ stored) or failed (with its index, id, a code and a reason), so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigurationError, CoreError, StoreError
+from ..limits import MAX_INPUTS_PER_REQUEST
 from .rows import Row
 
 __all__ = [
@@ -26,6 +31,10 @@ __all__ = [
     "section_text",
     "validate_section",
     "HASH_LOOKUP_CHUNK",
+    "check_ingest_args",
+    "lookup_errors",
+    "width_refused",
+    "windows",
 ]
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
@@ -254,3 +263,53 @@ def _hashable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def check_ingest_args(batch_size: Any, window: Any) -> None:
+    """Raises ConfigurationError: `window` or `batch_size` out of range."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigurationError(f"window must be an integer >= 1, not {window!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_INPUTS_PER_REQUEST:
+        raise ConfigurationError(f"batch_size must be an integer in 1..{MAX_INPUTS_PER_REQUEST}, not {batch_size!r}")
+
+
+def windows(sections: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """`sections` in lists of `size` (the last one shorter), read lazily."""
+    iterator = iter(sections)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+@contextlib.contextmanager
+def lookup_errors(table: str) -> Iterator[None]:
+    """Around a store's stored-hash lookups: a failure stops the run before paying, as `StoreError`.
+
+    Raises:
+        StoreError: For any non-library exception raised inside (library errors pass as they are).
+    """
+    try:
+        yield
+    except CoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot read which sections are stored in {table!r}: {exc}") from None
+
+
+_WIDTH_REFUSED = re.compile(r"expected (\d+) dimensions, not (\d+)")
+"""pgvector's refusal of a vector of another width (SQLSTATE 22000), through psycopg or PostgREST."""
+
+
+def width_refused(rows: Sequence[Row], failures: Mapping[Any, str]) -> str | None:
+    """Why the table cannot take these vectors at all, when every row of a write was refused for its width.
+
+    Through PostgREST an empty table's vector width cannot be read before paying, so the first
+    write (the engine's small probe request) is the check: the run stops there, not after
+    paying for every section.
+    """
+    if not rows or len(failures) < len(rows):
+        return None
+    widths = {_WIDTH_REFUSED.search(reason).groups() if _WIDTH_REFUSED.search(reason) else None for reason in failures.values()}
+    if len(widths) != 1 or None in widths:
+        return None
+    expected, got = next(iter(widths))  # type: ignore[misc]
+    return f"takes {expected}-dimensional vectors, but the embeddings have {got} dimensions"

@@ -1,6 +1,6 @@
 """The SQL schema shipped with the package: table, HNSW index, search function, RLS.
 
-`render_schema` fills `core/sql/schema.sql` in for one table and vector size and
+`render_schema` fills `core/stores/sql/schema.sql` in for one table and vector size and
 returns plain, commented SQL (users paste it into Supabase's SQL editor);
 `apply_schema` runs it through psycopg. `render_index` is the HNSW index alone,
 for a bulk load that creates it after the rows are in (building an index once is
@@ -267,6 +267,16 @@ def _import_psycopg(purpose: str) -> Any:
     return psycopg
 
 
+SCHEMA_LOCK_SQL = "select pg_advisory_xact_lock(hashtext(%s))"
+"""Taken (keyed by `schema_lock_key`) before a schema script: two workers applying it at once would
+otherwise race on ``create or replace function`` ("tuple concurrently updated")."""
+
+
+def schema_lock_key(table: str) -> str:
+    """The advisory lock's key for `table`'s schema scripts (the same in every version and flavour)."""
+    return "core.schema:" + table
+
+
 def apply_schema_sql(conn: psycopg.Connection[Any], sql: str, *, table: str) -> None:
     """Run a rendered script on `conn` in one transaction, serialised per table.
 
@@ -283,7 +293,7 @@ def apply_schema_sql(conn: psycopg.Connection[Any], sql: str, *, table: str) -> 
         psycopg.Error: Whatever the server answers; the transaction is rolled back.
     """
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", ("core.stores.schema:" + table,))
+        conn.execute(SCHEMA_LOCK_SQL, (schema_lock_key(table),))
         # No parameters: psycopg sends the script as is, so several statements run.
         conn.execute(sql.encode("utf-8"))
 

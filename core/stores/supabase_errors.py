@@ -24,6 +24,9 @@ __all__ = [
     "is_transient_whole",
     "preflight_problem",
     "row_retry_delay",
+    "PREFLIGHT_COLUMNS",
+    "vector_width",
+    "width_problem",
 ]
 
 ROW_RETRY_FIRST_DELAY = 0.5
@@ -113,3 +116,30 @@ def _one_line(text: str, limit: int = 300) -> str:
     """`text` with its whitespace runs folded to one space, cut to `limit` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+PREFLIGHT_COLUMNS = "section_id,content_hash,model,embedding"
+"""What a store reads and writes: a select of these finds a missing column too."""
+
+
+def vector_width(value: object) -> int | None:
+    """Dimensions of a vector as PostgREST returns it (pgvector text ``[1,2,3]``), None if unknown."""
+    if isinstance(value, list):
+        return len(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    return text.count(",") + 1 if text[1:-1].strip() else 0
+
+
+def width_problem(data: object, dimensions: int | None, *, url: str | None, table: str) -> str | None:
+    """Why a preflight's answer `data` (one row, or none) shows the table cannot take `dimensions`, or None."""
+    if dimensions is None or not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        return None
+    width = vector_width(data[0].get("embedding"))
+    if width is None or width == dimensions:
+        return None
+    where = f"Supabase at {url}" if url else "Supabase"
+    return f"table {table!r} on {where} holds {width}-dimensional vectors, but the embeddings have {dimensions} dimensions"

@@ -203,8 +203,10 @@ def test_api_postgres_restarted_mid_run(openai_env: Any, own_postgres: Any) -> N
 
     The run either finishes with the cut rows reported failed, or stops with a
     `StoreError` carrying its report (the database was down when it next needed
-    it); either way every row stored is right, every section is accounted for,
-    and a re-run stores exactly the rest.
+    it), or rides through the restart (the store's connection pool checks a
+    connection before lending it and replaces a dead one, so writes after the
+    restart go to new sessions); in every case every row stored is right, every
+    section is accounted for, and a re-run stores exactly the rest.
     """
     fake = openai_env
     dsn = str(own_postgres.get_uri())
@@ -227,6 +229,7 @@ def test_api_postgres_restarted_mid_run(openai_env: Any, own_postgres: Any) -> N
     except StoreError as exc:
         stopped = exc
         report = {**exc.report, "finished": False}  # type: ignore[attr-defined]
+    triggered_mid_run = go.is_set()
     go.set()
     restarter.join(60)
     assert done.is_set()
@@ -236,7 +239,7 @@ def test_api_postgres_restarted_mid_run(openai_env: Any, own_postgres: Any) -> N
     first = check_table(dsn, table, sections, report, dimensions=DIMS)
     first.assert_clean()
     assert report["success_count"] <= len(first.stored), "the report counts rows that are not stored"
-    assert first.missing, "the restart came too late: nothing was cut (make the run longer)"
+    assert triggered_mid_run, "the run ended before 300 rows were stored: no restart mid-run"
     print(f"restart: {('stopped: ' + str(stopped)) if stopped else 'finished'}; "
           f"stored {len(first.stored)}, failed {report['failed_count']}, missing {len(first.missing)}")
     rerun_fault_free(fake, dsn, table, sections, first)

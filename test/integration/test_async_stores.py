@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core import AsyncEmbeddingService, EmbeddingService, PostgresStore
-from core.stores.async_postgres import AsyncPostgresStore
+from core.stores.postgres_async import AsyncPostgresStore
 from core.errors import StoreError
 from core.engine.ingest_run import section_text
 from core.testing import expected_embedding
@@ -136,3 +136,43 @@ def test_async_supabase_store_missing_table_fails_before_paying(rest, pg_conn, f
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+def test_ctrl_c_under_asyncio_run_reports_what_was_stored(pg_conn, pg_dsn, fake_openai):
+    """Issue #15 item 2: `asyncio.run` turns SIGINT into a cancellation of its main task; the
+    async ingest still raises `IngestInterrupted` with the exact report (it was a bare
+    KeyboardInterrupt before), and the count is what a fresh connection sees."""
+    import signal
+
+    from core.errors import IngestInterrupted
+
+    sent: list[int] = []
+
+    def progress(p: Any) -> None:
+        if p.stored >= 40 and not sent:  # some rows are in: now press Ctrl-C
+            sent.append(p.stored)
+            signal.raise_signal(signal.SIGINT)
+
+    async def main() -> None:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url, max_concurrency=1) as service:
+            async with AsyncPostgresStore(pg_dsn) as store:
+                await store.batch_ingest_embeddings(_sections(range(1, 2001)), service, batch_size=20, progress=progress)
+
+    with pytest.raises(IngestInterrupted) as info:
+        asyncio.run(main())
+    report = info.value.report
+    assert sent and 40 <= report["success_count"] < 2000
+    assert pg_conn.execute("select count(*) from section_embeddings").fetchone() == (report["success_count"],)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # nothing of ours left behind
+
+
+def test_other_cancellations_still_propagate_as_cancellation(pg_conn, pg_dsn, fake_openai):
+    """A timeout (or a web client gone) is not Ctrl-C: asyncio's own error comes through."""
+
+    async def main() -> None:
+        async with AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url, max_concurrency=1) as service:
+            async with AsyncPostgresStore(pg_dsn) as store:
+                await asyncio.wait_for(store.batch_ingest_embeddings(_sections(range(1, 5001)), service, batch_size=10), 0.5)
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(main())

@@ -193,8 +193,9 @@ def test_search_vector(make_store: Callable[..., PostgresStore]) -> None:
 def test_create_schema_on_first_use(pg_dsn: str, pg_conn: psycopg.Connection[Any]) -> None:
     with PostgresStore(pg_dsn, table="auto", dimensions=4, match_function="match_auto") as store:
         assert store.count() == 0  # first use: schema created, index included
-        conn = store._open()
-        assert store._schema_is_current(conn)
+        from core.stores.postgres_admin import schema_is_current
+
+        assert schema_is_current(pg_conn, table="auto", dimensions=4, match_function="match_auto")
     assert pg_conn.execute("select to_regclass(%s) is not null", (index_name("auto"),)).fetchone() == (True,)
     assert pg_conn.execute("select relrowsecurity from pg_class where relname = 'auto'").fetchone() == (True,)
     assert pg_conn.execute("select count(*) from pg_proc where proname = 'match_auto'").fetchone() == (1,)

@@ -57,10 +57,12 @@ def test_create_index_after_the_load_keeps_the_session_setting(pg_dsn: str, pg_c
     with PostgresStore(pg_dsn, table="idx_t", dimensions=8, create_schema=False) as store:
         store.ensure_schema(with_index=False)
         assert store.write_rows(rows(50, 8)) == {}
-        before = store._open().execute("show maintenance_work_mem").fetchone()
+        with store._borrow() as conn:  # a pooled connection: the store's sessions keep their setting
+            before = conn.execute("show maintenance_work_mem").fetchone()
         store.create_index()
         store.create_index()  # idempotent
-        assert store._open().execute("show maintenance_work_mem").fetchone() == before  # `set local` only
+        with store._borrow() as conn:
+            assert conn.execute("show maintenance_work_mem").fetchone() == before  # `set local` only
         assert store.table_state().index_exists
     assert pg_conn.execute("select to_regclass(%s) is not null", (index_name("idx_t"),)).fetchone() == (True,)
 

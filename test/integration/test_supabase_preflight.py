@@ -104,3 +104,23 @@ def test_a_missing_table_stops_fetch_hashes_too(rest: FakePostgREST) -> None:
     with pytest.raises(Exception) as caught:
         make_store(rest.url).fetch_hashes([1, 2, 3])
     assert getattr(caught.value, "code", None) == "PGRST205"
+
+
+def test_an_empty_table_of_another_width_stops_after_the_probe(rest: FakePostgREST, pg_dsn: str, fake_openai: Any) -> None:
+    """Issue #15 item 17: through PostgREST an empty table's width cannot be read up front; the
+    first write (the engine's small probe request) is the check, and the run stops there instead
+    of paying for every section and failing them all."""
+    from core import EmbeddingService
+
+    apply_schema(pg_dsn, dimensions=8, with_index=False)
+    rest.reload_schema()
+    sections = [{"id": i, "title": f"T{i}", "content": "word " * 200} for i in range(1, 3001)]
+    with EmbeddingService(api_key="k", base_url=fake_openai.base_url) as service:
+        with pytest.raises(StoreError) as caught:
+            make_store(rest.url).batch_ingest_embeddings(sections, service)
+    message = str(caught.value)
+    assert "takes 8-dimensional vectors, but the embeddings have 1536 dimensions" in message
+    report = caught.value.report  # type: ignore[attr-defined]
+    assert report["success_count"] == 0
+    assert fake_openai.stats()["requests"] <= 2  # the probe (and at most one request already in flight)
+    assert 0 < report["failed_count"] < len(sections)

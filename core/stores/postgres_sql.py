@@ -1,0 +1,104 @@
+"""The administration SQL of a section table, free of I/O: what the table-state and schema checks
+ask, how much memory an HNSW build gets, and `TableState`, what a table holds.
+
+`postgres_admin_async` (and `postgres_admin`, generated from it) run these statements on a
+connection; `PostgresStore` / `AsyncPostgresStore` turn a database error into a `StoreError`
+that names the table and never the password.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import index_name, render_schema
+
+__all__ = [
+    "INDEX_MEMORY_CAP",
+    "INDEX_MEMORY_FLOOR",
+    "TableState",
+    "index_memory",
+    "schema_current_query",
+    "table_state_query",
+]
+
+INDEX_MEMORY_CAP = 1 << 30
+"""Most `maintenance_work_mem` asked for an HNSW build (a measured 20,000 x 1536-dim build: 67 s
+with the 64 MB default, 24 s with 1 GB); smaller tables ask for less."""
+INDEX_MEMORY_FLOOR = 64 << 20
+"""Least asked for (PostgreSQL's default); a server set higher keeps its own setting."""
+
+@dataclass(frozen=True)
+class TableState:
+    """What a table holds, read before a load or a search."""
+
+    exists: bool
+    empty: bool
+    index_exists: bool
+    dimensions: int | None
+    """Vector size of the `embedding` column; None when there is no table."""
+    model: str | None
+    """Model of one stored row; None when the table is empty."""
+
+
+def table_state_query(table: str) -> tuple[str, dict[str, Any]]:
+    """Does `table` exist, has it its index, what is its `embedding` column's typmod."""
+    return (
+        "select to_regclass(%(t)s) is not null, to_regclass(%(i)s) is not null,"
+        " (select a.atttypmod from pg_attribute a where a.attrelid = to_regclass(%(t)s)"
+        "   and a.attname = 'embedding' and not a.attisdropped)",
+        {"t": table, "i": index_name(table)},
+    )
+
+
+def table_state(row: tuple[Any, ...], stored: tuple[Any, ...] | None) -> TableState:
+    """`TableState` from `table_state_query`'s row and one stored row's ``(model,)`` (None: empty)."""
+    exists, index_exists, typmod = row
+    dimensions = int(typmod) if typmod is not None and int(typmod) > 0 else None
+    return TableState(bool(exists), stored is None, bool(index_exists), dimensions, stored[0] if stored else None)
+
+
+def _function_body(table: str, dimensions: int, match_function: str) -> str:
+    """The search function's body exactly as the rendered schema defines it."""
+    sql = render_schema(table=table, dimensions=dimensions, match_function=match_function, with_index=False)
+    match = re.search(r"create or replace function .*?\bas \$\$(.*?)\$\$;", sql, re.DOTALL)
+    assert match is not None, "schema.sql: search function not found"
+    return match.group(1)
+
+
+def schema_current_query(*, table: str, dimensions: int, match_function: str) -> tuple[str, dict[str, Any]]:
+    """One row: (table with that vector size, RLS on, index there, search function with that body).
+
+    Checked first so a store does not run DDL on every connection: DDL takes an
+    exclusive lock on the table (``alter table ... enable row level security``)
+    and would queue behind, and block, running queries.
+    """
+    sql = """
+        select
+          (select a.atttypmod = %(dimensions)s
+             from pg_attribute a
+            where a.attrelid = to_regclass(%(table)s) and a.attname = 'embedding'
+              and not a.attisdropped and a.atttypid = to_regtype('vector')),
+          (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
+          to_regclass(%(index)s) is not null,
+          exists (select 1 from pg_proc p
+                   where p.proname = %(function)s and p.pronargs = 3
+                     and pg_function_is_visible(p.oid) and p.prosrc = %(body)s)
+        """
+    return sql, {
+        "dimensions": dimensions,
+        "table": table,
+        "index": index_name(table),
+        "function": match_function,
+        "body": _function_body(table, dimensions, match_function),
+    }
+
+
+def index_memory(rows: int, dimensions: int, cap: int = INDEX_MEMORY_CAP) -> int:
+    """Bytes of `maintenance_work_mem` that keep an HNSW build of `rows` vectors in memory (at most `cap`).
+
+    Each graph element holds its vector plus neighbour lists (m = 16: up to 32
+    on layer 0) and bookkeeping.
+    """
+    return min(cap, max(INDEX_MEMORY_FLOOR, int(rows * (dimensions * 4 + 1024) * 1.5)))
