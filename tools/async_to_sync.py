@@ -28,6 +28,7 @@ SOURCES = {
     "core/stores/ingest_async.py": "core/stores/ingest.py",
     "core/stores/postgres_async.py": "core/stores/postgres.py",
     "core/stores/postgres_admin_async.py": "core/stores/postgres_admin.py",
+    "core/stores/postgres_pool_async.py": "core/stores/postgres_pool.py",
     "core/stores/supabase_async.py": "core/stores/supabase.py",
 }
 """Hand-written async module -> generated sync module."""
@@ -40,6 +41,8 @@ NAMES = {
     "ingest_async": "ingest",
     "postgres_async": "postgres",
     "postgres_admin_async": "postgres_admin",
+    "postgres_pool_async": "postgres_pool",
+    "AsyncPostgresConnections": "PostgresConnections",
     "supabase_async": "supabase",
     "_flavour_async": "_flavour",
     "AsyncPostgresAdmin": "PostgresAdmin",

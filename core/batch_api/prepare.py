@@ -32,6 +32,11 @@ from .job import JobStore, SectionIndex, hash_prefix
 __all__ = ["Preparer", "Tracked"]
 
 
+BATCH_ID_TYPE = "bigint"
+"""The Batch API path keeps section ids in compact int64 arrays (`Tracked`, the job's manifests): it
+takes integer ids; a string id fails alone with that reason (the online path takes both)."""
+
+
 @dataclass
 class Tracked:
     """Sections of this run whose outcome the job will tell: input index and id, in input order."""
@@ -93,7 +98,9 @@ class Preparer:
     def feed(self, sections: Iterable[Any], window: int = INGEST_WINDOW) -> None:
         """Read every section; write what must be submitted (call `finish` after)."""
         for chunk in windows(sections, window):
-            self._window(self.run.take_window(chunk))
+            window = self.run.take_window(chunk)
+            self.run.fit_ids(window, BATCH_ID_TYPE)
+            self._window(window)
 
     def finish(self) -> None:
         """Plan and write what is left, and close the last batch file."""

@@ -11,9 +11,7 @@ stored) or failed (with its index, id, a code and a reason), so
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +19,27 @@ from typing import Any
 from ..errors import ConfigurationError, CoreError, StoreError
 from ..limits import MAX_INPUTS_PER_REQUEST
 from .rows import Row
+from .sections import (
+    RESERVED_FIELDS,
+    canonical_id,
+    content_hash,
+    ids_type,
+    section_metadata,
+    section_text,
+    validate_section,
+    width_refused,
+)
 
 __all__ = [
     "IngestProgress",
     "IngestRun",
     "Pending",
     "Window",
+    "RESERVED_FIELDS",
+    "canonical_id",
     "content_hash",
+    "ids_type",
+    "section_metadata",
     "section_text",
     "validate_section",
     "HASH_LOOKUP_CHUNK",
@@ -37,47 +49,8 @@ __all__ = [
     "windows",
 ]
 
-BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 HASH_LOOKUP_CHUNK = 500
 """Ids per stored-hash lookup (keeps PostgREST's `in.(...)` URL well under limits)."""
-
-
-def section_text(title: str, content: str) -> str:
-    """The text embedded for a section: title, blank line, content (title omitted when empty)."""
-    return f"{title}\n\n{content}" if title else content
-
-
-def content_hash(text: str) -> str:
-    """SHA-256 hex of the embedded text: unchanged hash + model means nothing to redo."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def validate_section(section: Any) -> str | None:
-    """Why `section` cannot be stored, or None when it is fine."""
-    if not isinstance(section, Mapping):
-        return f"section must be a dict with id, title, content, not {type(section).__name__}"
-    if "id" not in section:
-        return "missing 'id'"
-    section_id = section["id"]
-    if isinstance(section_id, bool) or not isinstance(section_id, int):
-        return f"'id' must be an integer, not {type(section_id).__name__}"
-    if not BIGINT_MIN <= section_id <= BIGINT_MAX:
-        return "'id' is outside the bigint range"
-    for name in ("title", "content"):
-        if name not in section:
-            return f"missing {name!r}"
-        value = section[name]
-        if not isinstance(value, str):
-            return f"{name!r} must be a string, not {type(value).__name__}"
-        if "\x00" in value:
-            return f"{name!r} contains a NUL byte (Postgres text cannot store it)"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"{name!r} is not valid Unicode (lone surrogate at position {exc.start})"
-    if not section["content"].strip() and not section["title"].strip():
-        return "title and content are both empty"
-    return None
 
 
 @dataclass
@@ -102,10 +75,12 @@ class Pending:
     """A valid section waiting to be embedded and stored."""
 
     index: int
-    section_id: int
+    section_id: Any
     title: str
     text: str
     digest: str
+    content: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,12 +88,15 @@ class Window:
     """The valid sections of one window, still to embed (position = index into `items`)."""
 
     items: list[Pending]
+    refresh: list[Pending] = field(default_factory=list)
+    """Sections stored with the same text and model but other metadata (or no content yet):
+    their rows are updated without an embedding request."""
 
     @property
     def texts(self) -> list[str]:
         return [item.text for item in self.items]
 
-    def lookup_chunks(self) -> list[list[int]]:
+    def lookup_chunks(self) -> list[list[Any]]:
         """The ids to look up, in chunks of `HASH_LOOKUP_CHUNK`."""
         ids = [item.section_id for item in self.items]
         return [ids[start : start + HASH_LOOKUP_CHUNK] for start in range(0, len(ids), HASH_LOOKUP_CHUNK)]
@@ -131,16 +109,23 @@ class IngestRun:
     Args:
         model: The embedding model (stored with each row; part of "unchanged").
         progress: Called with the running totals whenever they move.
+        store_content: Keep each section's content in its row (False: only title and vector).
+        metadata_fields: The fields kept as metadata (None: every field but id, title, content).
     """
 
     model: str
     progress: Callable[[IngestProgress], None] | None = None
+    store_content: bool = True
+    metadata_fields: Sequence[str] | None = None
+    refreshed: int = 0
+    """Rows updated without an embedding (metadata or content only); counted as stored too."""
     counters: IngestProgress = field(default_factory=IngestProgress)
     failures: list[dict[str, Any]] = field(default_factory=list)
-    skipped_ids: list[int] = field(default_factory=list)
+    skipped_ids: list[Any] = field(default_factory=list)
     checked: bool = False
     """True once the store's preflight passed (done once, before the first paid request)."""
-    _seen_ids: dict[int, int] = field(default_factory=dict)
+    _seen_ids: dict[Any, int] = field(default_factory=dict)
+    _canonical_seen: dict[Any, int] = field(default_factory=dict)
 
     def notify(self) -> None:
         if self.progress is not None:
@@ -167,19 +152,60 @@ class IngestRun:
                 continue
             self._seen_ids[section_id] = index
             text = section_text(section["title"], section["content"])
-            items.append(Pending(index, section_id, section["title"], text, content_hash(text)))
+            content = section["content"] if self.store_content else None
+            metadata = section_metadata(section, self.metadata_fields)
+            items.append(Pending(index, section_id, section["title"], text, content_hash(text), content, metadata))
         return Window(items)
 
-    def skip_stored(self, window: Window, stored: Mapping[int, tuple[str, str]]) -> None:
-        """Drop from `window` the sections stored with the same hash and model."""
+    def fit_ids(self, window: Window, id_type: str | None) -> None:
+        """Fail the window's sections whose id does not fit a table of `id_type` ids (None: unknown,
+        all pass), and those whose id is stored as another's (``5`` and ``"5"`` in a text table)."""
+        if id_type is None:
+            return
         kept = []
         for item in window.items:
-            if stored.get(item.section_id) == (item.digest, self.model):
+            try:
+                key = canonical_id(item.section_id, id_type)
+            except (TypeError, ValueError) as exc:
+                self.fail(item.index, item.section_id, "invalid_section", str(exc))
+                continue
+            first = self._canonical_seen.setdefault(key, item.index)
+            if first != item.index:
+                self.fail(item.index, item.section_id, "duplicate_id", f"duplicate id (first seen at index {first})")
+                continue
+            kept.append(item)
+        window.items = kept
+
+    def skip_stored(self, window: Window, stored: Mapping[Any, tuple[Any, ...]], *, refresh: bool = False) -> None:
+        """Drop from `window` the sections stored with the same hash and model.
+
+        A stored entry is ``(content_hash, model)`` or ``(content_hash, model, metadata, has_content)``;
+        with the latter, a section whose text and model match but whose metadata differs (or whose
+        row has no content yet, when content is kept) is stale: with `refresh` it moves to
+        `window.refresh` (its row is updated without embedding it again), else it stays to embed.
+        """
+        kept = []
+        for item in window.items:
+            entry = stored.get(item.section_id)
+            if entry is None or tuple(entry[:2]) != (item.digest, self.model):
+                kept.append(item)
+            elif len(entry) > 2 and (entry[2] != item.metadata or (self.store_content and not entry[3])):
+                (window.refresh if refresh else kept).append(item)
+            else:
                 self.skipped_ids.append(item.section_id)
                 self.counters.skipped += 1
-            else:
-                kept.append(item)
         window.items = kept
+
+    def refreshed_rows(self, window: Window, failures: Mapping[Any, str]) -> None:
+        """Account for the rows of `window.refresh` updated in place (`failures`: those not updated)."""
+        for item in window.refresh:
+            if item.section_id in failures:
+                self.fail(item.index, item.section_id, "store_failed", f"store failed: {failures[item.section_id]}")
+            else:
+                self.counters.stored += 1
+                self.refreshed += 1
+        window.refresh = []
+        self.notify()
 
     def rows(
         self,
@@ -200,11 +226,11 @@ class IngestRun:
                 continue
             rows.append(
                 Row(item.section_id, item.title, vectors[position], self.model, item.digest,
-                    token_counts[position], updated_at)
+                    token_counts[position], updated_at, item.content, item.metadata)
             )
         return rows
 
-    def written(self, window: Window, rows: Sequence[Row], failures: Mapping[int, str]) -> None:
+    def written(self, window: Window, rows: Sequence[Row], failures: Mapping[Any, str]) -> None:
         """Account for a `write_rows` call: a section is stored only if its own row was."""
         if failures:
             index_of = {item.section_id: item.index for item in window.items}
@@ -233,6 +259,7 @@ class IngestRun:
             "failed_ids": [failure["id"] for failure in failures],
             "failures": failures,
             "skipped_ids": self.skipped_ids,
+            "updated_count": self.refreshed,
         }
 
 
@@ -293,23 +320,3 @@ def lookup_errors(table: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StoreError(f"cannot read which sections are stored in {table!r}: {exc}") from None
-
-
-_WIDTH_REFUSED = re.compile(r"expected (\d+) dimensions, not (\d+)")
-"""pgvector's refusal of a vector of another width (SQLSTATE 22000), through psycopg or PostgREST."""
-
-
-def width_refused(rows: Sequence[Row], failures: Mapping[Any, str]) -> str | None:
-    """Why the table cannot take these vectors at all, when every row of a write was refused for its width.
-
-    Through PostgREST an empty table's vector width cannot be read before paying, so the first
-    write (the engine's small probe request) is the check: the run stops there, not after
-    paying for every section.
-    """
-    if not rows or len(failures) < len(rows):
-        return None
-    widths = {_WIDTH_REFUSED.search(reason).groups() if _WIDTH_REFUSED.search(reason) else None for reason in failures.values()}
-    if len(widths) != 1 or None in widths:
-        return None
-    expected, got = next(iter(widths))  # type: ignore[misc]
-    return f"takes {expected}-dimensional vectors, but the embeddings have {got} dimensions"

@@ -8,8 +8,9 @@ into its own wire format (JSON text for PostgREST, binary for psycopg).
 from __future__ import annotations
 
 import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Row", "vector_literal"]
 
@@ -19,7 +20,7 @@ class Row:
     """What a store upserts for one section.
 
     Attributes:
-        section_id: The section's id (`bigint` primary key of the table).
+        section_id: The section's id as given (an int, or a string for text / uuid ids).
         title: The section's title, kept so search results are readable.
         embedding: The vector, float32.
         model: The embeddings model that produced it.
@@ -27,15 +28,19 @@ class Row:
             means the section can be skipped on the next run.
         token_count: Tokens of the embedded text (cl100k_base).
         updated_at: ISO-8601 UTC timestamp of the write.
+        content: The section's content (None when the store keeps no text).
+        metadata: Every other field of the section (JSON-ready), for filters.
     """
 
-    section_id: int
+    section_id: int | str
     title: str
     embedding: array.array
     model: str
     content_hash: str
     token_count: int
     updated_at: str
+    content: str | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 _LITERAL_FORMATS: dict[int, str] = {}

@@ -61,13 +61,13 @@ __all__ = [
 DEFAULT_WINDOW = INGEST_WINDOW
 
 
-def stored_hashes(store: Any, window: Window) -> dict[int, tuple[str, str]]:
+def stored_hashes(store: Any, window: Window) -> dict[Any, tuple[Any, ...]]:
     """`{section_id: (content_hash, model)}` of the window's sections already in `store`.
 
     Raises:
         StoreError: The store cannot answer (the run stops before paying to embed what it may hold).
     """
-    stored: dict[int, tuple[str, str]] = {}
+    stored: dict[Any, tuple[Any, ...]] = {}
     with lookup_errors(getattr(store, "table", "?")):
         for ids in window.lookup_chunks():
             stored.update(store.fetch_hashes(ids))
@@ -79,15 +79,17 @@ class SectionStore(abc.ABC):
 
     table: str
     embedding_service: Any = None
+    table_id_type: str | None = None
+    """The table's id type once known (`core.stores.schema.ID_TYPES`); ids that do not fit fail alone."""
 
     # --- what each store provides ------------------------------------------------------
 
     @abc.abstractmethod
-    def fetch_hashes(self, section_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
         """`{section_id: (content_hash, model)}` for the ids already stored (absent ids omitted)."""
 
     @abc.abstractmethod
-    def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
+    def write_rows(self, rows: Sequence[Row]) -> dict[Any, str]:
         """Upsert `rows`; return `{section_id: reason}` for each row NOT stored.
 
         Every row absent from the returned dict must have been stored, its own
@@ -98,13 +100,23 @@ class SectionStore(abc.ABC):
     def search_vector(
         self, vector: Sequence[float], k: int = 5, threshold: float | None = None
     ) -> list[dict[str, Any]]:
-        """Nearest rows: dicts with `section_id`, `title`, `similarity`, best first."""
+        """Nearest rows, best first: dicts with `id`, `section_id`, `title`, `content`, `metadata`,
+        `similarity` (stores also take ``filter=``, a metadata dict the rows must contain)."""
 
     def preflight(self, dimensions: int | None) -> None:
         """Check, before anything is paid for, that rows of `dimensions` can be stored.
 
         Stores override this (reachable? table there? vector width?); raise `StoreError`.
         """
+
+    def claim_ids(self, ids: Sequence[Any]) -> None:
+        """Told the first window's ids before `preflight`: a store that creates its table may choose
+        the id column's type from them (integers: bigint, else text)."""
+
+    def refresh_rows(self, items: Sequence[Any], updated_at: str) -> dict[Any, str]:
+        """Update the content and metadata of stored rows whose text is unchanged (no new vector);
+        `{section_id: reason}` for rows not updated. Stores that read metadata back override it."""
+        return dict.fromkeys((item.section_id for item in items), "this store cannot update rows in place")
 
     def _timestamp(self) -> str:
         """`updated_at` for rows written now (stores may override the clock)."""
@@ -121,13 +133,16 @@ class SectionStore(abc.ABC):
         skip_unchanged: bool = True,
         window: int = DEFAULT_WINDOW,
         progress: Callable[[IngestProgress], None] | None = None,
+        store_content: bool = True,
+        metadata_fields: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Embed sections and upsert one row per vector; report exactly what happened.
 
-        Each section is a dict with ``id`` (int), ``title`` and ``content`` (str);
-        its text is ``title + "\\n\\n" + content`` (just ``content`` when the title is
-        empty). Sections are processed in windows of `window`, so an iterator of
-        any length runs in bounded memory.
+        Each section is a dict with ``id`` (an int, or a string), ``title`` and ``content``
+        (str); every other field is its metadata (stored as JSON, for filters). Its text is
+        ``title + "\\n\\n" + content`` (just ``content`` when the title is empty).
+        Sections are processed in windows of `window`, so an iterator of any length runs in
+        bounded memory.
 
         Args:
             sections: The sections (a list or any iterable).
@@ -138,12 +153,16 @@ class SectionStore(abc.ABC):
                 calling the API (so a re-run after a crash re-embeds nothing stored).
             window: Sections validated and looked up per window.
             progress: Called with running totals as they move.
+            store_content: Keep each section's content in its row.
+            metadata_fields: Keep only these fields as metadata (default: all but id, title, content).
 
         Returns:
             ``success_count``, ``failed_count``, ``skipped_count``, ``total_tokens``,
             ``failed_ids`` (one entry per failed section, input order; None where a
             section has no usable id), ``failures`` (``index``, ``id``, ``code``,
-            ``reason`` for each), ``skipped_ids``.
+            ``reason`` for each), ``skipped_ids``, ``updated_count`` (rows whose text was
+            unchanged but whose metadata was not, updated without an embedding; part of
+            ``success_count``).
 
         Raises:
             ConfigurationError: `window` or `batch_size` out of range.
@@ -154,7 +173,10 @@ class SectionStore(abc.ABC):
                 cancellation); carries ``report``. Any other cancellation propagates.
         """
         check_ingest_args(batch_size, window)
-        run = IngestRun(str(getattr(embedding_service, "model", "")), progress)
+        run = IngestRun(
+            str(getattr(embedding_service, "model", "")), progress, store_content=store_content,
+            metadata_fields=metadata_fields,
+        )
         with flavour.interrupt_watch() as interrupted:
             try:
                 for chunk in windows(sections, window):
@@ -174,16 +196,20 @@ class SectionStore(abc.ABC):
         self, run: IngestRun, window: Window, service: Any, batch_size: int, skip_unchanged: bool
     ) -> None:
         if window.items and not run.checked:  # before the first paid request: can rows be stored at all?
+            self.claim_ids([item.section_id for item in window.items])
             self.preflight(model_dimensions(run.model, getattr(service, "dimensions", None)))
             run.checked = True
+        run.fit_ids(window, self.table_id_type)
+        updated_at = self._timestamp()
         if skip_unchanged and window.items:
-            run.skip_stored(window, stored_hashes(self, window))
+            run.skip_stored(window, stored_hashes(self, window), refresh=True)
+            if window.refresh:
+                run.refreshed_rows(window, self.refresh_rows(window.refresh, updated_at))
         run.notify()
         if not window.items:
             return
-        updated_at = self._timestamp()
 
-        def write(positions: list[int], vectors: Mapping[int, Any], errors: Mapping[int, str], tokens: Sequence[int]) -> None:
+        def write(positions: list[int], vectors: Mapping[int, Any], errors: Mapping[int, str], tokens: Sequence[Any]) -> None:
             rows = run.rows(window, positions, vectors, errors, tokens, updated_at)
             failures = self.write_rows(rows) if rows else {}
             run.written(window, rows, failures)
@@ -225,6 +251,7 @@ class SectionStore(abc.ABC):
         k: int = 5,
         threshold: float | None = None,
         *,
+        filter: Mapping[str, Any] | None = None,
         embedding_service: Any = None,
     ) -> list[dict[str, Any]]:
         """The `k` stored sections nearest to `query` (cosine), best first.
@@ -233,7 +260,13 @@ class SectionStore(abc.ABC):
             query: Text to search for.
             k: How many results.
             threshold: Minimum cosine similarity, or None.
+            filter: Only rows whose metadata contains this (JSON containment:
+                ``{"lang": "de"}``); k rows come back whenever k rows match.
             embedding_service: Service to embed the query (default: the store's).
+
+        Returns:
+            Dicts with ``id`` (and ``section_id``, the same), ``title``, ``content``,
+            ``metadata``, ``similarity``.
 
         Raises:
             ConfigurationError: No embedding service to embed the query with.
@@ -244,4 +277,6 @@ class SectionStore(abc.ABC):
         if service is None:
             raise ConfigurationError("search needs an embedding service: pass embedding_service=...")
         vector = service.generate_embedding(query)
-        return self.search_vector(vector, k=k, threshold=threshold)
+        if filter is None:  # stores written for the seed's search_vector(vector, k, threshold) keep working
+            return self.search_vector(vector, k=k, threshold=threshold)
+        return self.search_vector(vector, k=k, threshold=threshold, filter=filter)

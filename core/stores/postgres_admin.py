@@ -30,7 +30,8 @@ from .postgres_sql import (
     table_state,
     table_state_query,
 )
-from .schema import SCHEMA_LOCK_SQL, index_name, indexable, render_index, schema_lock_key
+from ..errors import StoreError
+from .schema import ID_TYPE_SQL, SCHEMA_LOCK_SQL, id_type_of, index_name, indexable, render_index, schema_lock_key
 
 __all__ = [
     "PostgresAdmin",
@@ -41,9 +42,16 @@ __all__ = [
     "build_index",
     "drop_index",
     "index_memory",
+    "read_id_type",
     "read_table_state",
     "schema_is_current",
 ]
+
+
+def read_id_type(conn: Any, table: str) -> str | None:
+    """The `ID_TYPES` name of `table`'s id column, None when there is no such table."""
+    row = (conn.execute(ID_TYPE_SQL, (table,))).fetchone()
+    return id_type_of(row[0]) if row else None
 
 
 def read_table_state(conn: Any, table: str) -> TableState:
@@ -108,6 +116,8 @@ class PostgresAdmin:
 
     table: str
     dimensions: int
+    id_type: str | None
+    table_id_type: str | None
     _schema_done: bool
     _psycopg: Any
 
@@ -129,6 +139,14 @@ class PostgresAdmin:
         finally:
             conn.close()
 
+    def _settle_id_type(self, conn: Any) -> None:
+        """Learn an existing table's id type (refusing another one asked for); a new table's is decided later."""
+        existing = read_id_type(conn, self.table)
+        if existing and self.id_type and existing != self.id_type:
+            raise StoreError(f"table {self.table!r} already exists with {existing} ids, not {self.id_type}")
+        if existing:
+            self.table_id_type = existing
+
     def ensure_schema(self, with_index: bool = True) -> None:
         """Apply the schema (extension, table, function, RLS; index if asked).
 
@@ -140,10 +158,12 @@ class PostgresAdmin:
             StoreError: If the database is unreachable or refuses the script
                 (e.g. the table exists with another vector size).
         """
-        self._admin(
-            "cannot apply the schema",
-            lambda conn: apply_script(conn, self._render(with_index=with_index), table=self.table),
-        )
+
+        def apply(conn: Any) -> None:
+            self._settle_id_type(conn)
+            apply_script(conn, self._render(with_index=with_index), table=self.table)
+
+        self._admin("cannot apply the schema", apply)
         self._schema_done = True
 
     def create_index(self, *, memory_cap: int = INDEX_MEMORY_CAP) -> None:

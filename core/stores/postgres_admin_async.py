@@ -28,7 +28,8 @@ from .postgres_sql import (
     table_state,
     table_state_query,
 )
-from .schema import SCHEMA_LOCK_SQL, index_name, indexable, render_index, schema_lock_key
+from ..errors import StoreError
+from .schema import ID_TYPE_SQL, SCHEMA_LOCK_SQL, id_type_of, index_name, indexable, render_index, schema_lock_key
 
 __all__ = [
     "AsyncPostgresAdmin",
@@ -39,9 +40,16 @@ __all__ = [
     "build_index",
     "drop_index",
     "index_memory",
+    "read_id_type",
     "read_table_state",
     "schema_is_current",
 ]
+
+
+async def read_id_type(conn: Any, table: str) -> str | None:
+    """The `ID_TYPES` name of `table`'s id column, None when there is no such table."""
+    row = await (await conn.execute(ID_TYPE_SQL, (table,))).fetchone()
+    return id_type_of(row[0]) if row else None
 
 
 async def read_table_state(conn: Any, table: str) -> TableState:
@@ -106,6 +114,8 @@ class AsyncPostgresAdmin:
 
     table: str
     dimensions: int
+    id_type: str | None
+    table_id_type: str | None
     _schema_done: bool
     _psycopg: Any
 
@@ -127,6 +137,14 @@ class AsyncPostgresAdmin:
         finally:
             await conn.close()
 
+    async def _settle_id_type(self, conn: Any) -> None:
+        """Learn an existing table's id type (refusing another one asked for); a new table's is decided later."""
+        existing = await read_id_type(conn, self.table)
+        if existing and self.id_type and existing != self.id_type:
+            raise StoreError(f"table {self.table!r} already exists with {existing} ids, not {self.id_type}")
+        if existing:
+            self.table_id_type = existing
+
     async def ensure_schema(self, with_index: bool = True) -> None:
         """Apply the schema (extension, table, function, RLS; index if asked).
 
@@ -138,10 +156,12 @@ class AsyncPostgresAdmin:
             StoreError: If the database is unreachable or refuses the script
                 (e.g. the table exists with another vector size).
         """
-        await self._admin(
-            "cannot apply the schema",
-            lambda conn: apply_script(conn, self._render(with_index=with_index), table=self.table),
-        )
+
+        async def apply(conn: Any) -> None:
+            await self._settle_id_type(conn)
+            await apply_script(conn, self._render(with_index=with_index), table=self.table)
+
+        await self._admin("cannot apply the schema", apply)
         self._schema_done = True
 
     async def create_index(self, *, memory_cap: int = INDEX_MEMORY_CAP) -> None:

@@ -31,23 +31,42 @@ from `AsyncPostgresAdmin`.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from ..engine.rows import Row
 from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
-from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, POSTGRES_MAX_ROWS_PER_CHUNK, POSTGRES_POOL_SIZE
+from ..limits import DEFAULT_TABLE, POSTGRES_MAX_ROWS_PER_CHUNK, POSTGRES_POOL_SIZE
 from ..secrets import redact_dsn, scrub_dsn
 from . import _flavour_async as flavour
-from . import postgres_admin_async as admin
 from .postgres_admin_async import AsyncPostgresAdmin
+from .postgres_pool_async import AsyncPostgresConnections
 from .ingest_async import AsyncSectionStore
-from .postgres_rows import as_float32, chunks, ef_search, prepare_rows, refusal_reason, search_sql, upsert_sql
+from ..engine.sections import canonical_id, ids_type
+from .postgres_rows import (
+    ID_ARRAY,
+    as_float32,
+    chunks,
+    ef_search,
+    prepare_rows,
+    refresh_sql,
+    refusal_reason,
+    search_result,
+    search_sql,
+    upsert_sql,
+)
 from .postgres_sql import INDEX_MEMORY_CAP, TableState
-from .schema import DEFAULT_DIMENSIONS, render_schema, validate_dimensions, validate_identifier
+from .schema import (
+    DEFAULT_DIMENSIONS,
+    default_match_function,
+    render_schema,
+    validate_dimensions,
+    validate_id_type,
+    validate_identifier,
+)
 
 __all__ = ["INDEX_MEMORY_CAP", "MAX_ROWS_PER_CHUNK", "AsyncPostgresStore", "TableState"]
 
@@ -66,7 +85,7 @@ def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
     return psycopg, psycopg_pool, numpy, pgvector_psycopg.register_vector_async
 
 
-class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
+class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncSectionStore):
     """Section embeddings in a Postgres table with pgvector, through psycopg 3.
 
     Args:
@@ -74,7 +93,8 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
             environment variable.
         table: Table name (plain SQL identifier).
         dimensions: Vector size of the table.
-        match_function: Name of the search function `search_vector` calls.
+        match_function: Name of the search function `search_vector` calls (default: the
+            table's own, `core.stores.schema.default_match_function`).
         rows_per_chunk: Rows per upsert transaction (1..9000).
         create_schema: On first connection, create the extension, table, index,
             function and RLS if they are not all in place (see `ensure_schema`).
@@ -85,6 +105,9 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
             where `vector` distances kill the server and `halfvec` ones work.
             Similarities are then half precision (about three digits).
         pool_size: Most connections open at once (concurrent callers each get one).
+        id_type: The id column's type for a new table (``"bigint"``, ``"text"``, ``"uuid"``);
+            default: bigint when the first ids ingested are integers, else text. An
+            existing table keeps its own (another one given here is refused).
         embedding_service: Default service for `search`.
 
     Raises:
@@ -101,12 +124,13 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
         *,
         table: str = DEFAULT_TABLE,
         dimensions: int = DEFAULT_DIMENSIONS,
-        match_function: str = DEFAULT_MATCH_FUNCTION,
+        match_function: str | None = None,
         rows_per_chunk: int = 500,
         create_schema: bool = True,
         connect_timeout: int = 10,
         halfvec_scan: bool = False,
         pool_size: int = POSTGRES_POOL_SIZE,
+        id_type: str | None = None,
         embedding_service: Any = None,
     ) -> None:
         self._psycopg, self._psycopg_pool, self._numpy, self._register_vector = _import_drivers()
@@ -115,7 +139,10 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
         if not dsn or not isinstance(dsn, str):
             raise ConfigurationError("AsyncPostgresStore needs a database: pass dsn=... or set DATABASE_URL")
         self.table = validate_identifier(table, "table")
-        self.match_function = validate_identifier(match_function, "match function")
+        self.match_function = validate_identifier(match_function or default_match_function(self.table), "match function")
+        self.id_type = None if id_type is None else validate_id_type(id_type)
+        self.table_id_type: str | None = None
+        self._id_hint: str | None = None
         self.dimensions = validate_dimensions(dimensions)
         for name, value, high in (
             ("rows_per_chunk", rows_per_chunk, MAX_ROWS_PER_CHUNK), ("connect_timeout", connect_timeout, None), ("pool_size", pool_size, None)
@@ -146,89 +173,16 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the connections (a later call opens new ones)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    def _error(self, doing: str, exc: BaseException) -> StoreError:
-        """A StoreError for `exc` that names the table and never the password."""
-        message = f"{doing} (table {self.table!r} on {redact_dsn(self._dsn)}): {str(exc).strip()}"
-        return StoreError(scrub_dsn(message, self._dsn))
-
-    # --- connections -------------------------------------------------------------------
-
-    async def _connect(self, doing: str = "cannot connect to the database") -> Any:
-        """A new connection of our own (not from the pool), autocommit, nothing set up on it."""
-        try:
-            return await self._psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, connect_timeout=self.connect_timeout
-            )
-        except self._psycopg.Error as exc:
-            # from None: the driver's exception may quote the connection string.
-            raise self._error(doing, exc) from None
-
-    async def _open_pool(self) -> Any:
-        """The pool, opened on first use: the schema first (when asked), then the pool's connections."""
-        async with self._pool_lock:
-            if self._pool is not None:
-                return self._pool
-            conn = await self._connect()  # a failure here names its cause (the pool's would not)
-            try:
-                if self.create_schema and not self._schema_done:
-                    if not await admin.schema_is_current(
-                        conn, table=self.table, dimensions=self.dimensions, match_function=self.match_function
-                    ):
-                        await admin.apply_script(conn, self._render(with_index=True), table=self.table)
-                    self._schema_done = True
-                await self._register_vector(conn)
-            except self._psycopg.Error as exc:
-                hint = "" if self.create_schema else " (create_schema=False: run ensure_schema() or apply the schema first)"
-                raise self._error("cannot set up the database" + hint, exc) from None
-            finally:
-                await conn.close()
-            pool = self._psycopg_pool.AsyncConnectionPool(
-                self._dsn,
-                min_size=1,
-                max_size=self.pool_size,
-                open=False,
-                kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
-                configure=self._register_vector,
-                check=self._psycopg_pool.AsyncConnectionPool.check_connection,
-                timeout=self.connect_timeout,
-                name=f"core:{self.table}",
-            )
-            try:
-                await pool.open(wait=True, timeout=self.connect_timeout)
-            except self._psycopg_pool.PoolTimeout as exc:
-                await pool.close()
-                raise self._error("cannot connect to the database", exc) from None
-            self._pool = pool
-            return pool
-
-    @contextlib.asynccontextmanager
-    async def _borrow(self) -> AsyncIterator[Any]:
-        """A pooled connection, ready (schema checked, vector types registered), for one call."""
-        pool = self._pool or await self._open_pool()
-        try:
-            async with pool.connection(timeout=self.connect_timeout) as conn:
-                yield conn
-        except self._psycopg_pool.PoolTimeout as exc:  # only checking out raises it
-            raise self._error("cannot connect to the database", exc) from None
-
-    async def _query(self, doing: str, sql: Any, params: Any) -> list[tuple[Any, ...]]:
-        async with self._borrow() as conn:
-            try:
-                cursor = await conn.execute(sql, params)
-                return list(await cursor.fetchall())
-            except self._psycopg.Error as exc:
-                raise self._error(doing, exc) from None
-
     def _render(self, *, with_index: bool) -> str:
         return render_schema(
-            table=self.table, dimensions=self.dimensions, match_function=self.match_function, with_index=with_index
+            table=self.table, dimensions=self.dimensions, match_function=self.match_function, with_index=with_index,
+            id_type=self.table_id_type or self.id_type or self._id_hint or "bigint",
         )
+
+    async def claim_ids(self, ids: Sequence[Any]) -> None:
+        """A new table's id type follows the first ids ingested (integers: bigint, else text)."""
+        if self.id_type is None and ids and self._pool is None:
+            self._id_hint = ids_type(ids)
 
     # --- the store -----------------------------------------------------------------------
 
@@ -249,6 +203,9 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
             )
         if state.dimensions != self.dimensions:
             raise StoreError(f"table {self.table!r} holds {state.dimensions}-dimensional vectors, not {self.dimensions}")
+        if self.id_type and state.id_type and state.id_type != self.id_type:
+            raise StoreError(f"table {self.table!r} has {state.id_type} ids, not {self.id_type}")
+        self.table_id_type = state.id_type
 
     async def count(self) -> int:
         """Number of stored rows.
@@ -258,24 +215,60 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
         """
         return int((await self._query("cannot count rows", f"select count(*) from {self.table}", None))[0][0])
 
-    async def fetch_hashes(self, section_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """`{section_id: (content_hash, model)}` for the ids already stored, in one query.
+    async def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
+        """`{section_id: (content_hash, model, metadata, has_content)}` for the ids already stored
+        (keyed by the ids as given), in one query.
 
         Raises:
             StoreError: If the database is unreachable or the query fails.
         """
-        ids = sorted({int(i) for i in section_ids})
-        if not ids:
+        id_type = self.table_id_type or "bigint"
+        given = {}
+        for section_id in section_ids:
+            try:
+                given[canonical_id(section_id, id_type)] = section_id
+            except (TypeError, ValueError):
+                continue  # cannot be stored here, so is not
+        if not given:
             return {}
         rows = await self._query(
             "cannot read stored hashes",
-            f"select section_id, content_hash, model from {self.table} where section_id = any(%s::bigint[])",
-            (ids,),
+            f"select section_id, content_hash, model, metadata, content is not null from {self.table}"
+            f" where section_id = any(%s::{ID_ARRAY[id_type]}[])",
+            (list(given),),
         )
-        return {int(sid): (content_hash, model) for sid, content_hash, model in rows}
+        found: dict[Any, tuple[Any, ...]] = {}
+        for key, content_hash, model, metadata, has_content in rows:
+            found[given[key if id_type != "uuid" else str(key)]] = (content_hash, model, metadata or {}, has_content)
+        return found
+
+    async def refresh_rows(self, items: Sequence[Any], updated_at: str) -> dict[Any, str]:
+        """Update content and metadata of rows whose text is unchanged (one statement, no vector sent).
+
+        Raises:
+            StoreError: If the database is unreachable.
+        """
+        from psycopg.types.json import Jsonb
+
+        id_type = self.table_id_type or "bigint"
+        stamp = datetime.fromisoformat(updated_at)
+        params = [
+            [canonical_id(item.section_id, id_type) for item in items],
+            [item.content for item in items],
+            [Jsonb(item.metadata) for item in items],
+            [stamp] * len(items),
+        ]
+        async with self._borrow() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(refresh_sql(self.table, id_type), params)
+            except self._psycopg.Error as exc:
+                reason = self._reason(exc)
+                return {item.section_id: reason for item in items}
+        return {}
 
     async def search_vector(
-        self, vector: Sequence[float], k: int = 5, threshold: float | None = None
+        self, vector: Sequence[float], k: int = 5, threshold: float | None = None, *, filter: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """The `k` rows nearest `vector` by cosine similarity, best first.
 
@@ -283,9 +276,10 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
             vector: Query vector of `dimensions` floats.
             k: How many rows at most (an HNSW scan returns at most 1,000).
             threshold: Only rows with similarity >= threshold.
+            filter: Only rows whose metadata contains this (``metadata @> filter``).
 
         Returns:
-            Dicts with `section_id`, `title`, `similarity`.
+            Dicts with `id` (and `section_id`, the same), `title`, `content`, `metadata`, `similarity`.
 
         Raises:
             InvalidInputError: If `vector` has the wrong size or `k` < 1.
@@ -298,8 +292,11 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
             raise InvalidInputError(
                 f"query vector has {query.size} dimensions, table {self.table!r} has {self.dimensions}"
             )
+        from psycopg.types.json import Jsonb
+
         sql, params = search_sql(
-            self.table, self.match_function, self.dimensions, query, k, threshold, halfvec_scan=self.halfvec_scan
+            self.table, self.match_function, self.dimensions, query, k, threshold, halfvec_scan=self.halfvec_scan,
+            filter=Jsonb(dict(filter)) if filter else None,
         )
         widen = ef_search(k, halfvec_scan=self.halfvec_scan)
         async with self._borrow() as conn:
@@ -310,7 +307,7 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
                     rows = await (await conn.execute(sql, params)).fetchall()
             except self._psycopg.Error as exc:
                 raise self._error("search failed", exc) from None
-        return [{"section_id": int(sid), "title": title, "similarity": float(sim)} for sid, title, sim in rows]
+        return [search_result(row) for row in rows]
 
     async def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` (binary, chunked); return `{section_id: reason}` for rows not stored.
@@ -323,7 +320,7 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
         Raises:
             StoreError: If the database cannot be reached at all.
         """
-        items, failures = prepare_rows(self._numpy, rows)
+        items, failures = prepare_rows(self._numpy, rows, self.table_id_type or "bigint")
         if not items:
             return failures
         async with self._borrow() as conn:
@@ -355,10 +352,11 @@ class AsyncPostgresStore(AsyncPostgresAdmin, AsyncSectionStore):
         return failures
 
     def _statement(self, kind: str) -> bytes:
-        """`upsert_sql` for this table, built once per kind."""
-        sql = self._statements.get(kind)
+        """`upsert_sql` for this table and its id type, built once per kind."""
+        id_type = self.table_id_type or "bigint"
+        sql = self._statements.get(kind + id_type)
         if sql is None:
-            sql = self._statements[kind] = upsert_sql(self.table, kind)
+            sql = self._statements[kind + id_type] = upsert_sql(self.table, kind, id_type)
         return sql
 
     async def _write_chunk(self, conn: Any, chunk: Sequence[tuple[Any, ...]]) -> None:

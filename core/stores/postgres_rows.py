@@ -12,23 +12,28 @@ from typing import Any
 from collections.abc import Iterator, Sequence
 
 from ..engine.rows import Row, vector_literal
+from ..engine.sections import canonical_id
 
 __all__ = [
-    "COLUMNS", "as_float32", "chunks", "ef_search", "prepare_rows", "refusal_reason", "row_params", "search_sql",
-    "upsert_sql",
+    "COLUMNS", "ID_ARRAY", "SEARCH_COLUMNS", "as_float32", "chunks", "ef_search", "refresh_sql", "prepare_rows",
+    "refusal_reason", "row_params", "search_result", "search_sql", "upsert_sql",
 ]
 
-COLUMNS = ("section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at")
+COLUMNS = (
+    "section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at", "content", "metadata"
+)
 """The table's columns, in the order every write sends them."""
+
+_ARRAY_TYPES = ("%s[]", "text[]", "vector[]", "text[]", "text[]", "int4[]", "timestamptz[]", "text[]", "jsonb[]")
+"""Each column's array type in the unnest upsert (the id's depends on the table)."""
+ID_ARRAY = {"bigint": "int8", "text": "text", "uuid": "uuid"}
+"""The element type of an array of ids, per id type."""
 
 EF_SEARCH_DEFAULT = 40
 """pgvector's `hnsw.ef_search` default: an HNSW scan returns at most this many rows."""
 EF_SEARCH_MAX = 1000
 """pgvector's upper bound for `hnsw.ef_search`."""
 
-_UNNEST = (
-    "select * from unnest(%b::int8[], %b::text[], %b::vector[], %b::text[], %b::text[], %b::int4[], %b::timestamptz[])"
-)
 
 
 def as_float32(numpy: Any, vector: Any) -> Any:
@@ -38,16 +43,16 @@ def as_float32(numpy: Any, vector: Any) -> Any:
     return numpy.asarray(vector, dtype=numpy.float32)
 
 
-def row_params(numpy: Any, row: Row) -> tuple[Any, ...]:
+def row_params(numpy: Any, row: Row, id_type: str = "bigint") -> tuple[Any, ...]:
     """One row as typed parameters for the binary protocol, in `COLUMNS` order.
 
     Raises:
         TypeError, ValueError: If a field cannot be converted (the row fails alone).
     """
+    from psycopg.types.json import Jsonb
     from psycopg.types.numeric import Int4, Int8
 
-    if isinstance(row.section_id, bool) or not isinstance(row.section_id, int):
-        raise TypeError(f"section_id must be an int, got {type(row.section_id).__name__}")
+    key = canonical_id(row.section_id, id_type)
     raw_stamp: Any = row.updated_at
     if isinstance(raw_stamp, dt.datetime):
         updated_at = raw_stamp
@@ -64,21 +69,26 @@ def row_params(numpy: Any, row: Row) -> tuple[Any, ...]:
     # Explicit int widths: psycopg would otherwise pick int2/int4/int8 per value,
     # changing the statement's parameter types (and defeating prepared statements).
     token_count = None if row.token_count is None else Int4(row.token_count)
-    return (Int8(row.section_id), row.title, embedding, row.model, row.content_hash, token_count, updated_at)
+    metadata = Jsonb(dict(row.metadata) if row.metadata else {})
+    return (
+        Int8(key) if id_type == "bigint" else key,
+        row.title, embedding, row.model, row.content_hash, token_count, updated_at, row.content, metadata,
+    )
 
 
-def prepare_rows(numpy: Any, rows: Any) -> tuple[list[tuple[int, tuple[Any, ...]]], dict[int, str]]:
-    """``([(section_id, params), ...], {section_id: reason})``: each row's parameters, or why not.
+def prepare_rows(numpy: Any, rows: Any, id_type: str = "bigint") -> tuple[list[tuple[Any, tuple[Any, ...]]], dict[Any, str]]:
+    """``([(section_id, params), ...], {section_id: reason})``: each row's parameters, or why not
+    (keyed by the ids as given).
 
     When an id appears more than once, the last row wins (as sequential upserts would).
     """
-    failures: dict[int, str] = {}
-    prepared: dict[int, tuple[Any, ...]] = {}
+    failures: dict[Any, str] = {}
+    prepared: dict[Any, tuple[Any, ...]] = {}
     for row in rows:
         prepared.pop(row.section_id, None)
         failures.pop(row.section_id, None)
         try:
-            prepared[row.section_id] = row_params(numpy, row)
+            prepared[row.section_id] = row_params(numpy, row, id_type)
         except (TypeError, ValueError) as exc:
             failures[row.section_id] = f"invalid row: {exc}"
     return list(prepared.items()), failures
@@ -90,11 +100,25 @@ def upsert_tail() -> str:
     return f"on conflict (section_id) do update set {updates}"
 
 
-def upsert_sql(table: str, kind: str) -> bytes:
-    """The upsert of a chunk as one binary array per column (``"unnest"``: 7 parameters whatever
+def upsert_sql(table: str, kind: str, id_type: str = "bigint") -> bytes:
+    """The upsert of a chunk as one binary array per column (``"unnest"``: 9 parameters whatever
     the chunk's size), or of one row (``"row"``), with ``%b`` (binary) placeholders."""
-    source = _UNNEST if kind == "unnest" else "values (" + ", ".join(["%b"] * len(COLUMNS)) + ")"
+    if kind == "unnest":
+        types = [t % ID_ARRAY[id_type] if "%s" in t else t for t in _ARRAY_TYPES]
+        source = "select * from unnest(" + ", ".join(f"%b::{t}" for t in types) + ")"
+    else:
+        source = "values (" + ", ".join(["%b"] * len(COLUMNS)) + ")"
     return f"insert into {table} ({', '.join(COLUMNS)}) {source} {upsert_tail()}".encode()
+
+
+def refresh_sql(table: str, id_type: str = "bigint") -> bytes:
+    """Set `content`, `metadata` and `updated_at` of existing rows whose text is unchanged: the
+    vector is not sent again (4 binary arrays: ids, contents, metadata, timestamps)."""
+    return (
+        f"update {table} t set content = u.content, metadata = u.metadata, updated_at = u.updated_at"
+        f" from unnest(%b::{ID_ARRAY[id_type]}[], %b::text[], %b::jsonb[], %b::timestamptz[])"
+        " as u(section_id, content, metadata, updated_at) where t.section_id = u.section_id"
+    ).encode()
 
 
 def refusal_reason(exc: Any) -> str:
@@ -116,23 +140,50 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+SEARCH_COLUMNS = ("section_id", "title", "content", "metadata", "similarity")
+"""What a search returns per row (as `search_result` shapes it)."""
+
+
 def search_sql(
-    table: str, match_function: str, dimensions: int, query: Any, k: int, threshold: float | None, *, halfvec_scan: bool
+    table: str,
+    match_function: str,
+    dimensions: int,
+    query: Any,
+    k: int,
+    threshold: float | None,
+    *,
+    halfvec_scan: bool,
+    filter: Any = None,
 ) -> tuple[str, Any]:
-    """The statement (and its parameters) for the `k` rows nearest `query`, a float32 numpy vector.
+    """The statement (and its parameters) for the `k` rows nearest `query`, a float32 numpy vector,
+    among the rows whose metadata contains `filter` (a `Jsonb`, or None for all).
 
     Through the search function, or with ``halfvec_scan`` by a full scan with
     `halfvec` distances, the query sent as text and cast straight to halfvec: no
     `vector` arithmetic anywhere (for the pgvector build whose `vector` distances crash).
     """
+    columns = ", ".join(SEARCH_COLUMNS)
     if not halfvec_scan:
-        return f"select section_id, title, similarity from {match_function}(%b, %s, %s)", (query, k, threshold)
+        return f"select {columns} from {match_function}(%b, %s, %s, %s)", (query, k, threshold, filter)
     distance = f"embedding::halfvec({dimensions}) <=> %(q)s::halfvec({dimensions})"
     sql = (
-        f"select section_id, title, 1 - ({distance}) as similarity from {table} "
-        f"where %(t)s::float8 is null or 1 - ({distance}) >= %(t)s::float8 order by similarity desc limit %(k)s"
+        f"select section_id, title, content, metadata, 1 - ({distance}) as similarity from {table} "
+        f"where metadata @> coalesce(%(f)s::jsonb, '{{}}'::jsonb) "
+        f"and (%(t)s::float8 is null or 1 - ({distance}) >= %(t)s::float8) order by similarity desc limit %(k)s"
     )
-    return sql, {"q": vector_literal(query.tolist()), "t": threshold, "k": k}
+    return sql, {"q": vector_literal(query.tolist()), "t": threshold, "k": k, "f": filter}
+
+
+def search_result(row: Sequence[Any]) -> dict[str, Any]:
+    """One search answer: ``id`` (as stored), ``section_id`` (the same: the seed's name), ``title``,
+    ``content``, ``metadata``, ``similarity``."""
+    section_id, title, content, metadata, similarity = row
+    if not isinstance(section_id, (int, str)):  # a UUID comes back as uuid.UUID
+        section_id = str(section_id)
+    return {
+        "id": section_id, "section_id": section_id, "title": title, "content": content,
+        "metadata": metadata if metadata is not None else {}, "similarity": float(similarity),
+    }
 
 
 def ef_search(k: int, *, halfvec_scan: bool = False) -> str | None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import index_name, render_schema
+from .schema import id_type_of, index_name, metadata_index_name, render_schema
 
 __all__ = [
     "INDEX_MEMORY_CAP",
@@ -40,6 +40,8 @@ class TableState:
     """Vector size of the `embedding` column; None when there is no table."""
     model: str | None
     """Model of one stored row; None when the table is empty."""
+    id_type: str | None = None
+    """`ID_TYPES` name of the `section_id` column; None when there is no table."""
 
 
 def table_state_query(table: str) -> tuple[str, dict[str, Any]]:
@@ -47,16 +49,20 @@ def table_state_query(table: str) -> tuple[str, dict[str, Any]]:
     return (
         "select to_regclass(%(t)s) is not null, to_regclass(%(i)s) is not null,"
         " (select a.atttypmod from pg_attribute a where a.attrelid = to_regclass(%(t)s)"
-        "   and a.attname = 'embedding' and not a.attisdropped)",
+        "   and a.attname = 'embedding' and not a.attisdropped),"
+        " (select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = to_regclass(%(t)s)"
+        "   and a.attname = 'section_id' and not a.attisdropped)",
         {"t": table, "i": index_name(table)},
     )
 
 
 def table_state(row: tuple[Any, ...], stored: tuple[Any, ...] | None) -> TableState:
     """`TableState` from `table_state_query`'s row and one stored row's ``(model,)`` (None: empty)."""
-    exists, index_exists, typmod = row
+    exists, index_exists, typmod, id_column = row
     dimensions = int(typmod) if typmod is not None and int(typmod) > 0 else None
-    return TableState(bool(exists), stored is None, bool(index_exists), dimensions, stored[0] if stored else None)
+    return TableState(
+        bool(exists), stored is None, bool(index_exists), dimensions, stored[0] if stored else None, id_type_of(id_column)
+    )
 
 
 def _function_body(table: str, dimensions: int, match_function: str) -> str:
@@ -68,7 +74,8 @@ def _function_body(table: str, dimensions: int, match_function: str) -> str:
 
 
 def schema_current_query(*, table: str, dimensions: int, match_function: str) -> tuple[str, dict[str, Any]]:
-    """One row: (table with that vector size, RLS on, index there, search function with that body).
+    """One row: (table with that vector size and every column, RLS on, indexes there, search function
+    with that body and four arguments).
 
     Checked first so a store does not run DDL on every connection: DDL takes an
     exclusive lock on the table (``alter table ... enable row level security``)
@@ -79,17 +86,24 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
           (select a.atttypmod = %(dimensions)s
              from pg_attribute a
             where a.attrelid = to_regclass(%(table)s) and a.attname = 'embedding'
-              and not a.attisdropped and a.atttypid = to_regtype('vector')),
+              and not a.attisdropped and a.atttypid = to_regtype('vector'))
+            and (select count(*) = 2 from pg_attribute a
+                  where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata')
+                    and not a.attisdropped)
+            and to_regclass(%(metadata_index)s) is not null,
           (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
           to_regclass(%(index)s) is not null,
           exists (select 1 from pg_proc p
-                   where p.proname = %(function)s and p.pronargs = 3
+                   where p.proname = %(function)s and p.pronargs = 4
                      and pg_function_is_visible(p.oid) and p.prosrc = %(body)s)
+            and not exists (select 1 from pg_proc p
+                   where p.proname = %(function)s and p.pronargs = 3 and pg_function_is_visible(p.oid))
         """
     return sql, {
         "dimensions": dimensions,
         "table": table,
         "index": index_name(table),
+        "metadata_index": metadata_index_name(table),
         "function": match_function,
         "body": _function_body(table, dimensions, match_function),
     }

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MODEL_DIMENSIONS
 from ..secrets import redact_dsn, scrub_dsn
+from .identifiers import validate_identifier
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,8 +33,12 @@ __all__ = [
     "DEFAULT_MATCH_FUNCTION",
     "DEFAULT_TABLE",
     "MAX_DIMENSIONS",
+    "ID_TYPES",
     "apply_schema",
     "apply_schema_sql",
+    "default_match_function",
+    "metadata_index_name",
+    "validate_id_type",
     "index_name",
     "indexable",
     "render_index",
@@ -48,67 +53,15 @@ DEFAULT_DIMENSIONS = MODEL_DIMENSIONS[DEFAULT_MODEL]
 MAX_DIMENSIONS = 16000
 """pgvector's limit for a `vector` column."""
 
+ID_TYPES = ("bigint", "text", "uuid")
+"""Types a table's `section_id` can have: integer ids (the seed's), any string (slugs, paths), UUIDs."""
+
 _MAX_VECTOR_INDEX_DIMENSIONS = 2000  # HNSW over `vector`
 _MAX_HALFVEC_INDEX_DIMENSIONS = 4000  # HNSW over `halfvec`
-
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-# PostgreSQL keywords that cannot name a table or a function unquoted
-# (`select catcode, word from pg_get_keywords() where catcode in ('R','T','C')`,
-# PostgreSQL 18). The rendered SQL does not quote names, so they are refused.
-_KEYWORDS = frozenset(
-    """
-    all analyse analyze and any array as asc asymmetric both case cast check collate
-    column constraint create current_catalog current_date current_role current_time
-    current_timestamp current_user default deferrable desc distinct do else end
-    except false fetch for foreign from grant group having in initially intersect
-    into lateral leading limit localtime localtimestamp not null offset on only or
-    order placing primary references returning select session_user some symmetric
-    system_user table then to trailing true union unique user using variadic when
-    where window with authorization binary collation concurrently cross
-    current_schema freeze full ilike inner is isnull join left like natural notnull
-    outer overlaps right similar tablesample verbose between bigint bit boolean char
-    character coalesce dec decimal exists extract float greatest grouping inout int
-    integer interval json json_array json_arrayagg json_exists json_object
-    json_objectagg json_query json_scalar json_serialize json_table json_value least
-    merge_action national nchar none normalize nullif numeric out overlay position
-    precision real row setof smallint substring time timestamp treat trim values
-    varchar xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces
-    xmlparse xmlpi xmlroot xmlserialize xmltable
-    """.split()  # noqa: SIM905  (one keyword list, easier to diff than a literal)
-)
 
 _INDEX_BEGIN = "-- index:begin"
 _INDEX_END = "-- index:end"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-
-
-def validate_identifier(name: str, what: str) -> str:
-    """Check that `name` is a plain, unquoted SQL identifier and return it.
-
-    Names are pasted into SQL text (they cannot be bound as parameters), so only
-    lowercase letters, digits and underscores are accepted, at most 63 characters
-    (PostgreSQL's limit, beyond which it silently truncates), and not a keyword.
-
-    Args:
-        name: The identifier to check.
-        what: What it names, for the error message (e.g. ``"table"``).
-
-    Returns:
-        `name`, unchanged.
-
-    Raises:
-        ConfigurationError: If `name` is not a string, not a plain identifier, or
-            an SQL keyword.
-    """
-    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-        raise ConfigurationError(
-            f"invalid {what} name {name!r}: use 1-63 lowercase letters, digits or "
-            "underscores, not starting with a digit"
-        )
-    if name in _KEYWORDS:
-        raise ConfigurationError(f"invalid {what} name {name!r}: it is an SQL keyword")
-    return name
 
 
 def validate_dimensions(dimensions: int) -> int:
@@ -125,21 +78,53 @@ def validate_dimensions(dimensions: int) -> int:
     return dimensions
 
 
+def _derived_name(table: str, prefix: str, suffix: str) -> str:
+    """``prefix + table + suffix`` kept within PostgreSQL's 63 characters.
+
+    PostgreSQL would truncate a longer name silently; a digest of the full table
+    name keeps two long table names that share a prefix from colliding.
+    """
+    validate_identifier(table, "table")
+    name = prefix + table + suffix
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"{prefix}{table[: 63 - len(prefix) - len(suffix) - 9]}_{digest}{suffix}"
+
+
 def index_name(table: str) -> str:
-    """Name of `table`'s HNSW index, kept within PostgreSQL's 63 characters.
+    """Name of `table`'s HNSW index.
 
     Raises:
         ConfigurationError: If `table` is not a valid identifier.
     """
-    validate_identifier(table, "table")
-    suffix = "_embedding_hnsw_idx"
-    name = table + suffix
-    if len(name) <= 63:
-        return name
-    # PostgreSQL would truncate silently; a digest of the full name keeps two long
-    # table names that share a prefix from colliding.
-    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
-    return f"{table[: 63 - len(suffix) - 9]}_{digest}{suffix}"
+    return _derived_name(table, "", "_embedding_hnsw_idx")
+
+
+def metadata_index_name(table: str) -> str:
+    """Name of `table`'s GIN index on `metadata` (for filters)."""
+    return _derived_name(table, "", "_metadata_idx")
+
+
+def default_match_function(table: str) -> str:
+    """The search function of `table`: ``match_sections`` for the default table (as ever), else
+    ``match_<table>``, so that searching one table never goes through another's function.
+
+    Raises:
+        ConfigurationError: If `table` is not a valid identifier.
+    """
+    return DEFAULT_MATCH_FUNCTION if table == DEFAULT_TABLE else _derived_name(table, "match_", "")
+
+
+def validate_id_type(id_type: str) -> str:
+    """Check an id column type (`ID_TYPES`) and return it.
+
+    Raises:
+        ConfigurationError: Another value.
+    """
+    if id_type not in ID_TYPES:
+        raise ConfigurationError(f"id type must be one of {', '.join(ID_TYPES)}, not {id_type!r}")
+    return id_type
 
 
 def indexable(dimensions: int) -> bool:
@@ -211,17 +196,21 @@ def render_schema(
     *,
     table: str = DEFAULT_TABLE,
     dimensions: int = DEFAULT_DIMENSIONS,
-    match_function: str = DEFAULT_MATCH_FUNCTION,
+    match_function: str | None = None,
     with_index: bool = True,
+    id_type: str = "bigint",
 ) -> str:
     """The full schema as plain, commented SQL, idempotent (safe to run twice).
 
     Args:
         table: Table name (plain identifier).
         dimensions: Vector size, 1..16000.
-        match_function: Name of the search function (plain identifier).
+        match_function: Name of the search function (plain identifier); default
+            `default_match_function(table)`.
         with_index: Include the HNSW index; leave it out for a bulk load that
             creates it afterwards with `render_index`.
+        id_type: Type of a new table's `section_id` (`ID_TYPES`); an existing
+            table keeps its own, and the search function must be rendered with it.
 
     Returns:
         The SQL script.
@@ -231,9 +220,15 @@ def render_schema(
             and `match_function` are the same name.
     """
     validate_identifier(table, "table")
-    validate_identifier(match_function, "match function")
+    match_function = validate_identifier(match_function or default_match_function(table), "match function")
     validate_dimensions(dimensions)
-    values = {"table": table, "dimensions": str(dimensions), "match_function": match_function}
+    values = {
+        "table": table,
+        "dimensions": str(dimensions),
+        "match_function": match_function,
+        "id_type": validate_id_type(id_type),
+        "metadata_index": metadata_index_name(table),
+    }
     values.update(_index_parts(table, dimensions))
     template = _template()
     head, rest = template.split(_INDEX_BEGIN + "\n", 1)
@@ -277,6 +272,28 @@ def schema_lock_key(table: str) -> str:
     return "core.schema:" + table
 
 
+ID_TYPE_SQL = (
+    "select format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+    " where a.attrelid = to_regclass(%s) and a.attname = 'section_id' and not a.attisdropped"
+)
+"""The type of an existing table's `section_id` (no row when there is no table)."""
+
+
+def id_type_of(column_type: str | None) -> str | None:
+    """`ID_TYPES` name of a `section_id` column type as PostgreSQL formats it (None: no table)."""
+    if column_type is None:
+        return None
+    return {"bigint": "bigint", "integer": "bigint", "text": "text", "character varying": "text", "uuid": "uuid"}.get(
+        column_type.split("(")[0], column_type
+    )
+
+
+def existing_id_type(conn: Any, table: str) -> str | None:
+    """The `ID_TYPES` name of `table`'s id column, None when there is no such table."""
+    row = conn.execute(ID_TYPE_SQL, (table,)).fetchone()
+    return id_type_of(row[0]) if row else None
+
+
 def apply_schema_sql(conn: psycopg.Connection[Any], sql: str, *, table: str) -> None:
     """Run a rendered script on `conn` in one transaction, serialised per table.
 
@@ -303,9 +320,10 @@ def apply_schema(
     *,
     table: str = DEFAULT_TABLE,
     dimensions: int = DEFAULT_DIMENSIONS,
-    match_function: str = DEFAULT_MATCH_FUNCTION,
+    match_function: str | None = None,
     with_index: bool = True,
     connect_timeout: int = 10,
+    id_type: str | None = None,
 ) -> None:
     """Create (or bring up to date) the schema in the database at `dsn`.
 
@@ -323,10 +341,16 @@ def apply_schema(
         StoreError: If the database cannot be reached or refuses the script; the
             message never contains the DSN's password.
     """
-    sql = render_schema(table=table, dimensions=dimensions, match_function=match_function, with_index=with_index)
     psycopg = _import_psycopg("apply_schema")
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            existing = existing_id_type(conn, table)
+            if existing and id_type and existing != id_type:
+                raise StoreError(f"table {table!r} already exists with {existing} ids, not {id_type}")
+            sql = render_schema(
+                table=table, dimensions=dimensions, match_function=match_function, with_index=with_index,
+                id_type=existing or id_type or "bigint",
+            )
             apply_schema_sql(conn, sql, table=table)
     except psycopg.Error as exc:
         message = f"could not apply the schema for table {table!r} on {redact_dsn(dsn)}: {str(exc).strip()}"

@@ -184,7 +184,8 @@ def test_bad_rows_fail_alone_and_the_failed_file_reruns(
     assert "stored 2, skipped 0, failed 3 of 5 sections" in proc.stdout
     assert "line 2 (id 2): missing 'content'" in proc.stdout
     assert "line 3: not valid JSON" in proc.stdout
-    assert "line 5 (id x4): 'id' must be an integer" in proc.stdout
+    # A string id is valid since issue #17; this table's ids are bigint (its first ids were integers).
+    assert "line 5 (id x4): id 'x4' is not an integer, and this table's ids are bigint" in proc.stdout
 
     failed = workdir / "bad.failed.jsonl"
     assert f"failed sections written to {failed}" in proc.stdout

@@ -77,7 +77,8 @@ def test_write_fetch_and_exact_vectors(
     assert store.write_rows([make_row(i + 1, v) for i, v in enumerate(vectors)]) == {}
     assert store.count() == 7
     assert stored_vectors(pg_conn, "sections") == {i + 1: v.tobytes() for i, v in enumerate(vectors)}
-    assert store.fetch_hashes([1, 3, 99, 3]) == {1: ("hash-1", "m1"), 3: ("hash-3", "m1")}
+    # (content_hash, model, metadata, has content): the corpus store (issue #17) reads metadata back
+    assert store.fetch_hashes([1, 3, 99, 3]) == {1: ("hash-1", "m1", {}, False), 3: ("hash-3", "m1", {}, False)}
     assert store.fetch_hashes([]) == {}
     row = pg_conn.execute("select title, token_count, updated_at::text from sections where section_id = 2").fetchone()
     assert row == ("Section 2", 20, "2026-02-03 04:05:06+00")
@@ -150,7 +151,7 @@ def test_upsert_updates_existing_rows(
         want = second[i] if i >= 4 else first[i]
         assert vectors[i + 1] == want.tobytes()
     hashes = store.fetch_hashes(range(1, 13))
-    assert hashes[4] == ("hash-4", "m1") and hashes[5] == ("new-5", "m2") and hashes[12] == ("new-12", "m2")
+    assert hashes[4][:2] == ("hash-4", "m1") and hashes[5][:2] == ("new-5", "m2") and hashes[12][:2] == ("new-12", "m2")
     assert pg_conn.execute("select title from sections where section_id = 6").fetchone() == ("New 6",)
 
 
@@ -178,7 +179,9 @@ def test_search_vector(make_store: Callable[..., PostgresStore]) -> None:
     assert [r["title"] for r in found] == [f"Section {sid}" for sid in order[:4]]
     for r in found:
         assert r["similarity"] == pytest.approx(sims[r["section_id"] - 1], abs=1e-6)
-    assert set(found[0]) == {"section_id", "title", "similarity"}
+    # The corpus store's answer (issue #17): the seed's keys plus `id`, `content` and `metadata`.
+    assert set(found[0]) == {"id", "section_id", "title", "content", "metadata", "similarity"}
+    assert found[0]["id"] == found[0]["section_id"]
 
     threshold = float((sims[order[2] - 1] + sims[order[3] - 1]) / 2)
     assert [r["section_id"] for r in store.search_vector(query, k=10, threshold=threshold)] == order[:3]

@@ -94,9 +94,11 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
            from pg_attribute where attrelid = 'section_embeddings'::regclass and attnum > 0 and not attisdropped
            order by attnum"""
     ).fetchall()
-    assert columns == [
+    assert columns == [  # content and metadata: the corpus store (issue #17)
         ("section_id", "bigint", True),
         ("title", "text", False),
+        ("content", "text", False),
+        ("metadata", "jsonb", True),
         ("embedding", "vector(1536)", True),
         ("model", "text", True),
         ("content_hash", "text", True),
@@ -112,14 +114,15 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
         """select pg_get_expr(adbin, adrelid) from pg_attrdef
            where adrelid = 'section_embeddings'::regclass"""
     ).fetchall()
-    assert default == [("now()",)]
+    assert sorted(default) == [("'{}'::jsonb",), ("now()",)]
 
     indexes = pg_conn.execute(
         "select indexname, indexdef from pg_indexes where tablename = 'section_embeddings' order by indexname"
     ).fetchall()
-    assert len(indexes) == 2  # primary key + HNSW
+    assert len(indexes) == 3  # primary key + HNSW + GIN on metadata
     hnsw = dict(indexes)["section_embeddings_embedding_hnsw_idx"]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
+    assert "USING gin (metadata jsonb_path_ops)" in dict(indexes)["section_embeddings_metadata_idx"]
 
     fn = pg_conn.execute(
         """select pg_get_function_arguments(p.oid), pg_get_function_result(p.oid), p.provolatile,
@@ -130,8 +133,8 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
     assert fn == [
         (
             "query_embedding vector, match_count integer DEFAULT 5, "
-            "match_threshold double precision DEFAULT NULL::double precision",
-            "TABLE(section_id bigint, title text, similarity double precision)",
+            "match_threshold double precision DEFAULT NULL::double precision, filter jsonb DEFAULT '{}'::jsonb",
+            "TABLE(section_id bigint, title text, content text, metadata jsonb, similarity double precision)",
             "s",
             "sql",
             False,
@@ -152,7 +155,7 @@ def test_rls_without_policy_hides_everything_from_other_roles(pg_conn: psycopg.C
     pg_conn.execute(f"create role {role} nologin")
     try:
         pg_conn.execute(f"grant select, insert on section_embeddings to {role}")
-        pg_conn.execute(f"grant execute on function match_sections(vector, int, double precision) to {role}")
+        pg_conn.execute(f"grant execute on function match_sections(vector, int, double precision, jsonb) to {role}")
         with pg_conn.transaction():
             pg_conn.execute(f"set local role {role}")
             assert pg_conn.execute("select count(*) from section_embeddings").fetchone() == (0,)

@@ -155,7 +155,7 @@ SECTION_TABLE: list[tuple[str, Any, str, str]] = [
     ("a string", "id,title,content", "invalid_section", "must be a dict"),
     ("a list", [7, "t", "c"], "invalid_section", "must be a dict"),
     ("missing id", {"title": "t", "content": "c"}, "invalid_section", "missing 'id'"),
-    ("str id", {"id": "7", "title": "t", "content": "c"}, "invalid_section", "'id' must be an integer"),
+    ("empty str id", {"id": " ", "title": "t", "content": "c"}, "invalid_section", "'id' is an empty string"),
     ("float id", {"id": 7.0, "title": "t", "content": "c"}, "invalid_section", "'id' must be an integer"),
     ("bool id", {"id": True, "title": "t", "content": "c"}, "invalid_section", "'id' must be an integer"),
     ("id beyond bigint", {"id": 2**63, "title": "t", "content": "c"}, "invalid_section", "bigint"),
@@ -197,13 +197,21 @@ def test_a_bad_section_fails_alone(bad: Any, code: str, words: str, window: int)
 
 
 def test_str_and_int_ids_are_different_ids_and_the_readers_normalise_them() -> None:
-    """``"7"`` is refused by the API (ids are integers); the file readers turn ``"7"`` into 7 first,
-    so in a file ``7`` and ``"7"`` are the same section: the second is a duplicate."""
+    """String ids are valid since the corpus store (issue #17), but a table keyed by bigint refuses
+    ``"7"`` alone (it does not fit); a text table stores ``7`` and ``"7"`` as the same row, so the
+    second is a duplicate. The file readers turn ``"7"`` into 7 first, so in a file ``7`` and ``"7"``
+    are the same section: the second is a duplicate."""
     from core.readers import to_section
 
     store, service = MemoryStore(), make_service()
+    store.table_id_type = "bigint"
     report = store.batch_ingest_embeddings([good(7), {**good(7), "id": "7"}], service)
     assert [f["code"] for f in report["failures"]] == ["invalid_section"]
+    assert "this table's ids are bigint" in report["failures"][0]["reason"]
+    store, service = MemoryStore(), make_service()
+    store.table_id_type = "text"
+    report = store.batch_ingest_embeddings([good(7), {**good(7), "id": "7"}], service)
+    assert [(f["index"], f["code"]) for f in report["failures"]] == [(1, "duplicate_id")]
     from_file = [to_section({**good(7), "id": "7"}), to_section({**good(7), "id": 7.0}), to_section(good(7))]
     assert [s["id"] for s in from_file] == [7, 7, 7]
     store, service = MemoryStore(), make_service()

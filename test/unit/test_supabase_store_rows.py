@@ -131,10 +131,10 @@ BAD_SECTIONS = [
     ({"title": "t", "content": "c"}, "missing 'id'"),
     ({"id": 90, "content": "c"}, "missing 'title'"),
     ({"id": 90, "title": "t"}, "missing 'content'"),
-    ({"id": "90", "title": "t", "content": "c"}, "'id' must be an integer, not str"),
-    ({"id": 90.0, "title": "t", "content": "c"}, "'id' must be an integer, not float"),
-    ({"id": True, "title": "t", "content": "c"}, "'id' must be an integer, not bool"),
-    ({"id": None, "title": "t", "content": "c"}, "'id' must be an integer, not NoneType"),
+    ({"id": "", "title": "t", "content": "c"}, "'id' is an empty string"),
+    ({"id": 90.0, "title": "t", "content": "c"}, "'id' must be an integer or a string, not float"),
+    ({"id": True, "title": "t", "content": "c"}, "'id' must be an integer or a string, not bool"),
+    ({"id": None, "title": "t", "content": "c"}, "'id' must be an integer or a string, not NoneType"),
     ({"id": 2**63, "title": "t", "content": "c"}, "outside the bigint range"),
     ({"id": -(2**63) - 1, "title": "t", "content": "c"}, "outside the bigint range"),
     ({"id": 90, "title": 5, "content": "c"}, "'title' must be a string, not int"),
@@ -184,7 +184,7 @@ class TestBadSections:
         service, _ = make_service()
         result = make_store().batch_ingest_embeddings([{"id": [1], "title": "t", "content": "c"}], service)
         assert result["failed_ids"] == [None]
-        assert "'id' must be an integer, not list" in result["failures"][0]["reason"]
+        assert "'id' must be an integer or a string, not list" in result["failures"][0]["reason"]
 
     def test_duplicate_id_first_stored_later_ones_failed(self):
         fake = FakeSupabase()

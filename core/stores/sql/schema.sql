@@ -1,21 +1,32 @@
--- Section embeddings: one row per document section, searched by cosine similarity.
+-- Section embeddings: one row per document section (its text, metadata and vector),
+-- searched by cosine similarity, optionally filtered on metadata.
 --
--- Table {{table}}, {{dimensions}}-dimensional vectors, search function {{match_function}}().
--- Safe to run again: every statement is idempotent (if not exists / create or replace).
--- Paste into Supabase's SQL editor, or run with psql / core.schema.apply_schema().
+-- Table {{table}}, {{id_type}} ids, {{dimensions}}-dimensional vectors, search function {{match_function}}().
+-- Safe to run again: every statement is idempotent, and a table made by an earlier
+-- version is brought up to date (new columns added, the search function replaced)
+-- without losing a row. Paste into Supabase's SQL editor, or run with psql /
+-- `python -m core schema --apply`.
 
 create extension if not exists vector;
 
--- One row per section. content_hash + model let the ingest skip unchanged sections.
+-- One row per section. content_hash + model let the ingest skip unchanged sections;
+-- metadata holds every other field of the input record (JSON), for filters.
 create table if not exists {{table}} (
-  section_id bigint primary key,
+  section_id {{id_type}} primary key,
   title text,
+  content text,
+  metadata jsonb not null default '{}'::jsonb,
   embedding vector({{dimensions}}) not null,
   model text not null,
   content_hash text not null,
   token_count integer,
   updated_at timestamptz not null default now()
 );
+
+-- Tables made before content and metadata were kept: add them (existing rows get
+-- an empty content and metadata; the next ingest of their sections fills them in).
+alter table {{table}} add column if not exists content text;
+alter table {{table}} add column if not exists metadata jsonb not null default '{}'::jsonb;
 
 -- "create table if not exists" keeps an existing table as it is: stop here if its
 -- vectors have another size, rather than let every later insert fail.
@@ -34,29 +45,49 @@ begin
 end
 $$;
 
+-- Metadata filters (metadata @> '{"lang": "de"}') use this index.
+create index if not exists {{metadata_index}}
+  on {{table}} using gin (metadata jsonb_path_ops);
+
 -- index:begin
 {{index_comment}}
 {{index_statement}}
 -- index:end
 
+-- The search function of earlier versions took three arguments and returned no
+-- content or metadata: replaced by the one below (a changed return type needs a drop).
+drop function if exists {{match_function}}(vector, integer, double precision);
+
 -- Nearest sections to query_embedding, best first; similarity = 1 - cosine distance.
--- match_threshold (if given) drops rows less similar than it. Distance is computed
--- on the indexed expression, so the planner can use the index.
+-- filter keeps rows whose metadata contains it (JSON containment, '{}' = all rows);
+-- match_threshold (if given) drops rows less similar than it. Distance is computed on
+-- the indexed expression, so the planner can use the index, and with a filter the
+-- HNSW scan goes on until it has match_count rows (pgvector 0.8's iterative scan;
+-- relaxed order, so the rows are put back in order at the end).
 -- Security invoker (the default): row level security applies to the caller.
 create or replace function {{match_function}}(
   query_embedding vector({{dimensions}}),
   match_count int default 5,
-  match_threshold double precision default null
+  match_threshold double precision default null,
+  filter jsonb default '{}'::jsonb
 )
-returns table (section_id bigint, title text, similarity double precision)
+returns table (
+  section_id {{id_type}}, title text, content text, metadata jsonb, similarity double precision
+)
 language sql stable
+set hnsw.iterative_scan = 'relaxed_order'
 as $$
-  select t.section_id, t.title, 1 - ({{order_key}} <=> {{order_query}}) as similarity
-  from {{table}} t
-  where match_threshold is null
-     or 1 - ({{order_key}} <=> {{order_query}}) >= match_threshold
-  order by {{order_key}} <=> {{order_query}}
-  limit match_count;
+  with nearest as materialized (
+    select t.section_id, t.title, t.content, t.metadata, {{order_key}} <=> {{order_query}} as distance
+    from {{table}} t
+    where t.metadata @> coalesce(filter, '{}'::jsonb)
+    order by {{order_key}} <=> {{order_query}}
+    limit match_count
+  )
+  select n.section_id, n.title, n.content, n.metadata, 1 - n.distance as similarity
+  from nearest n
+  where match_threshold is null or 1 - n.distance >= match_threshold
+  order by n.distance;
 $$;
 
 -- Row level security on, with deliberately no policy: clients using the anon or an
