@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,11 +33,11 @@ from supabase import acreate_client
 from ..engine.retry import RetryPolicy, acall_with_retries
 from ..engine.rows import Row, vector_literal
 from ..errors import ConfigurationError, StoreError
-from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY, SUPABASE_ROW_RETRIES
+from ..limits import DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY, SUPABASE_ROW_RETRIES
 from ..secrets import redact
 from . import _flavour_async as flavour
 from .ingest_async import AsyncSectionStore
-from .schema import validate_identifier
+from .schema import default_match_function, validate_identifier
 from .supabase_errors import (
     PREFLIGHT_COLUMNS,
     SHRINK_CODES,
@@ -68,7 +68,8 @@ class AsyncSupabaseStore(AsyncSectionStore):
             unused). It keeps its own settings: supabase-py retries reads itself (GET,
             503 / network errors, real sleeps) unless it was created with
             ``postgrest_client_retry=False``, as the store's own client is.
-        match_function: The search RPC created by the schema.
+        match_function: The search RPC created by the schema (default: the table's own,
+            `core.stores.schema.default_match_function`).
         embedding_service: Default service for `search`.
         max_concurrency: Upsert requests in flight at once.
         rows_per_request: 1 (default) for one row per request; N > 1 for bulk requests.
@@ -87,7 +88,7 @@ class AsyncSupabaseStore(AsyncSectionStore):
         *,
         table: str = DEFAULT_TABLE,
         client: Any = None,
-        match_function: str = DEFAULT_MATCH_FUNCTION,
+        match_function: str | None = None,
         embedding_service: Any = None,
         max_concurrency: int = SUPABASE_MAX_CONCURRENCY,
         rows_per_request: int = 1,
@@ -95,7 +96,7 @@ class AsyncSupabaseStore(AsyncSectionStore):
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.table = validate_identifier(table, "table")
-        self.match_function = validate_identifier(match_function, "match_function")
+        self.match_function = validate_identifier(match_function or default_match_function(self.table), "match_function")
         if max_concurrency < 1 or rows_per_request < 1 or row_retries < 0:
             raise ConfigurationError(
                 "max_concurrency and rows_per_request must be >= 1 and row_retries >= 0 "
@@ -193,12 +194,16 @@ class AsyncSupabaseStore(AsyncSectionStore):
             response = await self._retried(lambda: client.table(self.table).select(PREFLIGHT_COLUMNS).limit(1).execute())
         except Exception as exc:
             raise StoreError(preflight_problem(exc, self._reason(exc), url=self.url, table=self.table)) from None
-        problem = width_problem(getattr(response, "data", None), dimensions, url=self.url, table=self.table)
+        data = getattr(response, "data", None)
+        problem = width_problem(data, dimensions, url=self.url, table=self.table)
         if problem:
             raise StoreError(problem)
+        if isinstance(data, list) and data and isinstance(data[0], dict):  # a stored id tells integer ids
+            self.table_id_type = "bigint" if isinstance(data[0].get("section_id"), int) else None
 
-    async def fetch_hashes(self, section_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """`{section_id: (content_hash, model)}` for the ids already stored (one request).
+    async def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
+        """`{section_id: (content_hash, model, metadata, True)}` for the ids already stored (one
+        request; keyed by the ids as given).
 
         Transient failures are retried like a row's; then errors propagate as the
         client raised them (an answer without a code carries its HTTP status as
@@ -208,13 +213,36 @@ class AsyncSupabaseStore(AsyncSectionStore):
         client = await self._client()
         ids = list(section_ids)
         response = await self._retried(
-            lambda: client.table(self.table).select("section_id,content_hash,model").in_("section_id", ids).execute()
+            lambda: client.table(self.table).select("section_id,content_hash,model,metadata").in_("section_id", ids).execute()
         )
-        found: dict[int, tuple[str, str]] = {}
+        given = {str(section_id): section_id for section_id in ids}
+        found: dict[Any, tuple[Any, ...]] = {}
         for record in response.data or []:
-            if isinstance(record, dict) and "section_id" in record:
-                found[int(record["section_id"])] = (str(record.get("content_hash")), str(record.get("model")))
+            if isinstance(record, dict) and str(record.get("section_id")) in given:
+                # Whether content is stored is not read (it would bring every text back): taken as yes.
+                found[given[str(record["section_id"])]] = (
+                    str(record.get("content_hash")), str(record.get("model")), record.get("metadata") or {}, True
+                )
         return found
+
+    async def refresh_rows(self, items: Sequence[Any], updated_at: str) -> dict[Any, str]:
+        """Update content and metadata of rows whose text is unchanged: one PATCH per row (no vector sent)."""
+        client = await self._client()
+
+        async def patch(item: Any) -> dict[Any, str]:
+            body = {"content": item.content, "metadata": item.metadata, "updated_at": updated_at}
+            try:
+                await self._retried(
+                    lambda: client.table(self.table).update(body, returning="minimal").eq("section_id", item.section_id).execute()
+                )
+                return {}
+            except Exception as exc:  # every failure becomes this row's reason
+                return {item.section_id: self._reason(exc)}
+
+        failures: dict[Any, str] = {}
+        for result in await flavour.map_limited(patch, items, self.max_concurrency):
+            failures.update(result)
+        return failures
 
     async def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` (one per request, or in chunks of `rows_per_request`), `max_concurrency`
@@ -232,21 +260,25 @@ class AsyncSupabaseStore(AsyncSectionStore):
         return failures
 
     async def search_vector(
-        self, vector: Sequence[float], k: int = 5, threshold: float | None = None
+        self, vector: Sequence[float], k: int = 5, threshold: float | None = None, *, filter: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """The `k` rows nearest `vector`, through the search function (an RPC).
+        """The `k` rows nearest `vector`, through the search function (an RPC), among the rows whose
+        metadata contains `filter`. Dicts with `id` (and `section_id`), `title`, `content`,
+        `metadata`, `similarity`.
 
         Raises:
             StoreError: The search failed (one line naming the URL and the function, never the key).
         """
         client = await self._client()
-        params = {"query_embedding": vector_literal(vector), "match_count": k, "match_threshold": threshold}
+        params: dict[str, Any] = {"query_embedding": vector_literal(vector), "match_count": k, "match_threshold": threshold}
+        if filter:
+            params["filter"] = dict(filter)
         try:
             response = await self._retried(lambda: client.rpc(self.match_function, params).execute())
         except Exception as exc:  # postgrest's APIError may quote a gateway's echo of the key: never raised as is
             where = f"Supabase at {self.url}" if self.url else "Supabase"
             raise StoreError(f"search through {self.match_function}() on {where} failed: {self._reason(exc)}") from None
-        return list(response.data or [])
+        return [{"id": row.get("section_id"), **row} for row in response.data or [] if isinstance(row, dict)]
 
     # --- rows on the wire ----------------------------------------------------------------
 
@@ -261,6 +293,8 @@ class AsyncSupabaseStore(AsyncSectionStore):
             "content_hash": row.content_hash,
             "token_count": row.token_count,
             "updated_at": row.updated_at,
+            "content": row.content,
+            "metadata": dict(row.metadata) if row.metadata else {},
         }
 
     def _prepare_client(self) -> None:

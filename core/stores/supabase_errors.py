@@ -118,7 +118,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-PREFLIGHT_COLUMNS = "section_id,content_hash,model,embedding"
+PREFLIGHT_COLUMNS = "section_id,title,content,metadata,content_hash,model,embedding"
 """What a store reads and writes: a select of these finds a missing column too."""
 
 

@@ -724,7 +724,9 @@ class _Handler(BaseHTTPRequestHandler):
             return (*self._select(table, params), 0)
         if method == "POST":
             return self._insert(table, params, body, config)
-        raise PgrstError(405, "PGRST117", f"Unsupported HTTP method: {method}", hint="the stand-in serves GET and POST")
+        if method == "PATCH":
+            return self._update(table, params, body, config)
+        raise PgrstError(405, "PGRST117", f"Unsupported HTTP method: {method}", hint="the stand-in serves GET, POST, PATCH")
 
     def _schema_name(self, header: str) -> str:
         schema = self.headers.get(header) or self.server.db_schema
@@ -935,6 +937,46 @@ class _Handler(BaseHTTPRequestHandler):
         if returning == "representation":
             return 201, representation.encode(), headers, len(rows)
         return 201, b"", headers, len(rows)
+
+    def _update(
+        self, name: str, params: list[tuple[str, str]], raw: bytes, config: dict[str, Any]
+    ) -> tuple[int, bytes, list[tuple[str, str]], int]:
+        """``PATCH /table?filters`` with a JSON object: PostgREST's update of the rows the filters
+        match (all rows without a filter); 204 with no body, or 200 and the rows with
+        ``Prefer: return=representation``."""
+        schema = self._schema_name("Content-Profile")
+        prefs = _prefer(self.headers)
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise _bad_request("PGRST102", "Empty or invalid json", str(exc)) from None
+        if not isinstance(body, dict) or not body:
+            raise _bad_request("PGRST102", "Empty or invalid json")
+        with self._transaction(config) as conn:
+            table = self.server.schema.table(conn, schema, name)
+            for column in body:
+                if column not in table.columns:
+                    raise _bad_request(
+                        "PGRST204", f"Could not find the '{column}' column of '{name}' in the schema cache"
+                    )
+            _, where, args, _, _, _ = self._read_plan(table, [(k, v) for k, v in params if k != "columns"])
+            cols = ", ".join(_quote(c) for c in body)
+            typed = ", ".join(f"{_quote(c)} {table.columns[c]}" for c in body)
+            sets = ", ".join(f"{_quote(c)} = pgrst_body.{_quote(c)}" for c in body)
+            sql = (
+                f"with pgrst_source as (update {table.qualified} set {sets} "
+                "from (select %s::json as json_data) pgrst_payload, "
+                f"lateral (select {cols} from json_to_record(pgrst_payload.json_data) as _({typed})) pgrst_body"
+                + (f" where {' and '.join(where)}" if where else "")
+                + f" returning {table.qualified}.*) "
+                "select pg_catalog.count(_postgrest_t), coalesce(json_agg(_postgrest_t), '[]')::text "
+                "from (select * from pgrst_source) _postgrest_t"
+            )
+            count, representation = conn.execute(sql, (raw.decode("utf-8"), *args)).fetchone()
+        headers = [("Content-Range", f"0-{count - 1}/*" if count else "*/*")]
+        if prefs.get("return") == "representation":
+            return 200, representation.encode(), headers, count
+        return 204, b"", headers, count
 
     @staticmethod
     def _insert_sql(table: _Table, names: list[str], resolution: str | None, target: list[str], returning: str) -> str:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"
 )
 
-ROW_FIELDS = {"section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at"}
+ROW_FIELDS = {"section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at", "content", "metadata"}
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ class TestUpsertRequest:
         (call,) = [c for c in fake.select_route.calls if "section_id" in c.request.url.params]  # not the preflight
         request = call.request
         assert request.method == "GET" and request.url.path == TABLE_PATH
-        assert request.url.params["select"] == "section_id,content_hash,model"
+        assert request.url.params["select"] == "section_id,content_hash,model,metadata"
         assert request.url.params["section_id"] == "in.(1,2,3)"
         assert parse_qs(request.url.query.decode())["section_id"] == ["in.(1,2,3)"]
         assert request.headers["apikey"] == KEY
@@ -165,7 +165,7 @@ class TestUpsertRequest:
         store = SupabaseStore(url=URL, key=KEY, embedding_service=service, sleep=sleeps.append)
         fake = FakeSupabase().serve(router)
         hits = fake.rpc_data = [{"section_id": 4, "title": "Four", "similarity": 0.83}]
-        assert store.search("where is four", k=3, threshold=0.5) == hits
+        assert store.search("where is four", k=3, threshold=0.5) == [{"id": 4, **hits[0]}]  # `id`: issue #17
         request = fake.rpc_route.calls.last.request
         assert request.url.path == "/rest/v1/rpc/match_sections"
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -177,6 +177,8 @@ class TestUpsertRequest:
         assert api.texts == ["where is four"]
         store.search("q")
         assert body_of(fake.rpc_route.calls.last.request)["match_threshold"] is None
+        store.search("q", filter={"lang": "de"})  # a metadata filter travels as the RPC's `filter`
+        assert body_of(fake.rpc_route.calls.last.request)["filter"] == {"lang": "de"}
 
 
 # --- answers -------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class TestPreflight:
         make_store(sleeps).preflight(1536)
         assert get.call_count == 1
         params = get.calls.last.request.url.params
-        assert params["select"] == "section_id,content_hash,model,embedding"
+        assert params["select"] == "section_id,title,content,metadata,content_hash,model,embedding"
         assert params["limit"] == "1"
         assert get.calls.last.request.headers["apikey"] == KEY
 

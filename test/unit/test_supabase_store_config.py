@@ -172,7 +172,7 @@ class TestSearch:
         service, api = make_service()
         store = make_store(fake, embedding_service=service)
         hits = store.search("where is three", k=3, threshold=0.5)
-        assert hits == [{"section_id": 3, "title": "Three", "similarity": 0.9}]
+        assert hits == [{"id": 3, "section_id": 3, "title": "Three", "similarity": 0.9}]  # `id`: issue #17
         assert api.texts == ["where is three"]
         assert fake.rpcs == [
             ("match_sections", {

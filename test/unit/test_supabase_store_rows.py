@@ -65,6 +65,8 @@ class TestRowContent:
                 "content_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                 "token_count": count_tokens(text),
                 "updated_at": NOW,
+                "content": section["content"],  # the corpus store keeps the text (issue #17)
+                "metadata": {},
             }
         assert_stored_faithfully(fake, secs)
         assert result["total_tokens"] == sum(count_tokens(t) for t in api.texts)
@@ -107,7 +109,12 @@ class TestRowContent:
             "content_hash": "h" * 64,
             "token_count": 3,
             "updated_at": NOW,
+            "content": None,
+            "metadata": {},
         }
+        with_text = Row(7, "T", array.array("f", [0.5]), "m", "h", 3, NOW, "the text", {"lang": "de", "page": 2})
+        assert SupabaseStore.row_payload(with_text)["content"] == "the text"
+        assert SupabaseStore.row_payload(with_text)["metadata"] == {"lang": "de", "page": 2}
 
     def test_model_recorded_is_the_services(self):
         fake = FakeSupabase()

@@ -97,7 +97,7 @@ class TestIncremental:
         assert all(size <= 500 for size in sizes)
         assert [i for *_rest, ids in fake.selects for i in ids] == list(range(1, n + 1))
         assert {(t, c, col) for t, c, col, _ in fake.selects} == {
-            ("section_embeddings", "section_id,content_hash,model", "section_id")
+            ("section_embeddings", "section_id,content_hash,model,metadata", "section_id")
         }
 
     @pytest.mark.parametrize("failing_chunk", [0, 1], ids=["first-chunk", "second-chunk"])
@@ -120,12 +120,13 @@ class TestIncremental:
         assert info.value.report["success_count"] == 0 and info.value.report["skipped_count"] == 0
 
     def test_fetch_hashes_ignores_malformed_records(self, mock_supabase_store):
-        """Records PostgREST should never send (string ids, junk) are skipped, not trusted."""
+        """Records PostgREST should never send (ids not asked for, junk) are skipped, not trusted; an id
+        comes back keyed as it was asked for (a text table answers "4" for 4)."""
         execute = mock_supabase_store.client.table.return_value.select.return_value.in_.return_value.execute
         execute.return_value = SimpleNamespace(
-            data=[{"section_id": "4", "content_hash": "h", "model": "m"}, "junk", {"content_hash": "x"}]
+            data=[{"section_id": "4", "content_hash": "h", "model": "m"}, "junk", {"content_hash": "x"}, {"section_id": 9}]
         )
-        assert mock_supabase_store.fetch_hashes([4, 5]) == {4: ("h", "m")}
+        assert mock_supabase_store.fetch_hashes([4, 5]) == {4: ("h", "m", {}, True)}
         execute.return_value = SimpleNamespace(data=None)
         assert mock_supabase_store.fetch_hashes([4]) == {}
 
