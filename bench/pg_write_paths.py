@@ -60,7 +60,7 @@ class PathStore(PostgresStore):
         if sql is None:
             width = len(COLUMNS)
             groups = ["(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(nrows)]
-            sql = f"insert into {self.table} ({', '.join(COLUMNS)}) values {', '.join(groups)} {upsert_tail()}".encode()
+            sql = f"insert into {self.table} ({', '.join(COLUMNS)}) values {', '.join(groups)} {upsert_tail(self.table)}".encode()
             self._values_sql[nrows] = sql
         return sql
 
@@ -86,4 +86,4 @@ class PathStore(PostgresStore):
                 copy.set_types(list(_COPY_TYPES))
                 for row in chunk:
                     copy.write_row(row)
-            cur.execute(f"insert into {self.table} ({cols}) select {cols} from {stage} {upsert_tail()}")
+            cur.execute(f"insert into {self.table} ({cols}) select {cols} from {stage} {upsert_tail(self.table)}")

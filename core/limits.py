@@ -72,5 +72,13 @@ POSTGRES_POOL_SIZE = 8
 store shared by an app's requests never mixes one caller's transaction with another's. 8 is the
 embedding drivers' default `max_concurrency` (one writer per request in flight); one stays open
 between calls."""
+SYNC_MAX_DELETE_FRACTION = 0.10
+"""A sync deletes at most this share of its source's rows unless told otherwise: a loader that
+returned a subset of the source (LangChain's docs warn of exactly this) must not wipe the rest."""
+SYNC_DELETE_CHUNK = 1000
+"""Ids deleted per transaction by a sync: a crash loses no more than one chunk's progress."""
+SYNC_LOCK_TTL_SECONDS = 600
+"""Where a sync's lock is a row (Supabase: no session to hold an advisory lock across requests),
+it expires this long after it was last renewed (each window renews it), so a killed run's lock frees."""
 POSTGRES_MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""

@@ -30,6 +30,9 @@ SOURCES = {
     "core/stores/postgres_admin_async.py": "core/stores/postgres_admin.py",
     "core/stores/postgres_pool_async.py": "core/stores/postgres_pool.py",
     "core/stores/supabase_async.py": "core/stores/supabase.py",
+    "core/stores/sync_async.py": "core/stores/sync.py",
+    "core/stores/postgres_sync_async.py": "core/stores/postgres_sync.py",
+    "core/stores/supabase_sync_async.py": "core/stores/supabase_sync.py",
 }
 """Hand-written async module -> generated sync module."""
 
@@ -44,6 +47,12 @@ NAMES = {
     "postgres_pool_async": "postgres_pool",
     "AsyncPostgresConnections": "PostgresConnections",
     "supabase_async": "supabase",
+    "sync_async": "sync",
+    "postgres_sync_async": "postgres_sync",
+    "supabase_sync_async": "supabase_sync",
+    "AsyncSyncing": "Syncing",
+    "AsyncPostgresSync": "PostgresSync",
+    "AsyncSupabaseSync": "SupabaseSync",
     "_flavour_async": "_flavour",
     "AsyncPostgresAdmin": "PostgresAdmin",
     "acall_with_retries": "call_with_retries",

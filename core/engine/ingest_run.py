@@ -81,6 +81,7 @@ class Pending:
     digest: str
     content: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
 
 @dataclass
@@ -117,6 +118,13 @@ class IngestRun:
     progress: Callable[[IngestProgress], None] | None = None
     store_content: bool = True
     metadata_fields: Sequence[str] | None = None
+    source: str | None = None
+    """Recorded with every row written (a sync's source); None outside any sync."""
+    dry_run: bool = False
+    """Count what would be embedded and updated (`would_embed`, `would_update`); write nothing."""
+    would_embed: int = 0
+    would_embed_tokens: int = 0
+    would_update: int = 0
     refreshed: int = 0
     """Rows updated without an embedding (metadata or content only); counted as stored too."""
     counters: IngestProgress = field(default_factory=IngestProgress)
@@ -154,7 +162,9 @@ class IngestRun:
             text = section_text(section["title"], section["content"])
             content = section["content"] if self.store_content else None
             metadata = section_metadata(section, self.metadata_fields)
-            items.append(Pending(index, section_id, section["title"], text, content_hash(text), content, metadata))
+            items.append(
+                Pending(index, section_id, section["title"], text, content_hash(text), content, metadata, self.source)
+            )
         return Window(items)
 
     def fit_ids(self, window: Window, id_type: str | None) -> None:
@@ -189,7 +199,11 @@ class IngestRun:
             entry = stored.get(item.section_id)
             if entry is None or tuple(entry[:2]) != (item.digest, self.model):
                 kept.append(item)
-            elif len(entry) > 2 and (entry[2] != item.metadata or (self.store_content and not entry[3])):
+            elif len(entry) > 2 and (
+                entry[2] != item.metadata
+                or (self.store_content and not entry[3])
+                or (self.source is not None and len(entry) > 4 and entry[4] != self.source)
+            ):
                 (window.refresh if refresh else kept).append(item)
             else:
                 self.skipped_ids.append(item.section_id)
@@ -226,7 +240,7 @@ class IngestRun:
                 continue
             rows.append(
                 Row(item.section_id, item.title, vectors[position], self.model, item.digest,
-                    token_counts[position], updated_at, item.content, item.metadata)
+                    token_counts[position], updated_at, item.content, item.metadata, item.source)
             )
         return rows
 
@@ -260,7 +274,20 @@ class IngestRun:
             "failures": failures,
             "skipped_ids": self.skipped_ids,
             "updated_count": self.refreshed,
+            **({"would_embed": self.would_embed, "would_embed_tokens": self.would_embed_tokens,
+                "would_update": self.would_update} if self.dry_run else {}),
         }
+
+    def present_ids(self) -> list[Any]:
+        """Every id this run saw that belongs to its source: valid sections, and failed ones whose id
+        is known (a section that failed is still part of the source)."""
+        ids = list(self._seen_ids)
+        ids.extend(f["id"] for f in self.failures if f["id"] is not None and f["code"] != "duplicate_id")
+        return ids
+
+    def unknown_ids(self) -> int:
+        """Failed records whose id is unknown (unreadable, no id): a sync deletes nothing then."""
+        return sum(1 for f in self.failures if f["id"] is None)
 
 
 def seed_result_vectors(result: Mapping[str, Any], count: int) -> tuple[dict[int, Any], dict[int, str]]:

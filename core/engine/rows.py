@@ -30,6 +30,8 @@ class Row:
         updated_at: ISO-8601 UTC timestamp of the write.
         content: The section's content (None when the store keeps no text).
         metadata: Every other field of the section (JSON-ready), for filters.
+        source: Where the section came from (a file's name, or as named); a sync deletes only
+            rows of its own source. None: written outside any sync, never deleted by one.
     """
 
     section_id: int | str
@@ -41,6 +43,7 @@ class Row:
     updated_at: str
     content: str | None = None
     metadata: Mapping[str, Any] | None = None
+    source: str | None = None
 
 
 _LITERAL_FORMATS: dict[int, str] = {}

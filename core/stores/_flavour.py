@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Cancelled", "Lock", "client_at_init", "interrupt_watch", "map_limited", "sleep"]
+__all__ = ["Cancelled", "Lock", "client_at_init", "current_loop", "interrupt_watch", "map_limited", "sleep"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +33,11 @@ def map_limited(func: Callable[[T], R], items: Sequence[T], limit: int) -> list[
         return [func(item) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="core-store") as pool:
         return list(pool.map(func, items))
+
+
+def current_loop() -> None:
+    """None: no event loop to outlive (the async twin's tells a client made on a dead loop)."""
+    return None
 
 
 def client_at_init(make: Callable[[str, str], Any], url: str, key: str) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any, TypeVar
 
-__all__ = ["Cancelled", "Lock", "client_at_init", "interrupt_watch", "map_limited", "sleep"]
+__all__ = ["Cancelled", "Lock", "client_at_init", "current_loop", "interrupt_watch", "map_limited", "sleep"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,6 +38,11 @@ async def map_limited(func: Callable[[T], Awaitable[R]], items: Sequence[T], lim
             return await func(item)
 
     return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+def current_loop() -> Any:
+    """The running event loop: a client or pool made on another (an earlier ``asyncio.run``) is dead here."""
+    return asyncio.get_running_loop()
 
 
 def client_at_init(make: Callable[[str, str], Awaitable[Any]], url: str, key: str) -> Any:

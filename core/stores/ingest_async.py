@@ -37,6 +37,7 @@ from ..engine.ingest_run import (
     windows,
 )
 from ..engine.rows import Row
+from ..engine.tokens import count_tokens_batch
 from ..errors import ConfigurationError, CoreError, IngestInterrupted, StoreError
 from ..limits import INGEST_WINDOW, model_dimensions
 from . import _flavour_async as flavour
@@ -175,10 +176,17 @@ class AsyncSectionStore(abc.ABC):
             str(getattr(embedding_service, "model", "")), progress, store_content=store_content,
             metadata_fields=metadata_fields,
         )
+        return await self._ingest(run, sections, embedding_service, batch_size, skip_unchanged, window)
+
+    async def _ingest(
+        self, run: IngestRun, sections: Iterable[Any], service: Any, batch_size: int, skip_unchanged: bool, window: int
+    ) -> dict[str, Any]:
+        """Every window of `sections` through `run`; the report (run-stopping errors carry it too)."""
         with flavour.interrupt_watch() as interrupted:
             try:
                 for chunk in windows(sections, window):
-                    await self._ingest_window(run, run.take_window(chunk), embedding_service, batch_size, skip_unchanged)
+                    await self._ingest_window(run, run.take_window(chunk), service, batch_size, skip_unchanged)
+                    await self._window_done()
             except KeyboardInterrupt:
                 raise IngestInterrupted(run.report()) from None
             except flavour.Cancelled:
@@ -189,6 +197,9 @@ class AsyncSectionStore(abc.ABC):
                 exc.report = run.report()  # type: ignore[attr-defined]
                 raise
         return run.report()
+
+    async def _window_done(self) -> None:
+        """After each window (a sync renews its lock here)."""
 
     async def _ingest_window(
         self, run: IngestRun, window: Window, service: Any, batch_size: int, skip_unchanged: bool
@@ -201,8 +212,13 @@ class AsyncSectionStore(abc.ABC):
         updated_at = self._timestamp()
         if skip_unchanged and window.items:
             run.skip_stored(window, await stored_hashes(self, window), refresh=True)
-            if window.refresh:
+            if window.refresh and not run.dry_run:
                 run.refreshed_rows(window, await self.refresh_rows(window.refresh, updated_at))
+        if run.dry_run:  # count, write nothing, pay nothing
+            run.would_update += len(window.refresh)
+            run.would_embed += len(window.items)
+            run.would_embed_tokens += sum(count_tokens_batch(window.texts)) if window.items else 0
+            window.items, window.refresh = [], []
         run.notify()
         if not window.items:
             return

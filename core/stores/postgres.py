@@ -46,6 +46,8 @@ from ..secrets import redact_dsn, scrub_dsn
 from . import _flavour as flavour
 from .postgres_admin import PostgresAdmin
 from .postgres_pool import PostgresConnections
+from .postgres_sync import PostgresSync
+from .sync import Syncing
 from .ingest import SectionStore
 from ..engine.sections import canonical_id, ids_type
 from .postgres_rows import (
@@ -87,7 +89,7 @@ def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
     return psycopg, psycopg_pool, numpy, pgvector_psycopg.register_vector
 
 
-class PostgresStore(PostgresConnections, PostgresAdmin, SectionStore):
+class PostgresStore(PostgresConnections, PostgresAdmin, PostgresSync, Syncing, SectionStore):
     """Section embeddings in a Postgres table with pgvector, through psycopg 3.
 
     Args:
@@ -218,7 +220,7 @@ class PostgresStore(PostgresConnections, PostgresAdmin, SectionStore):
         return int((self._query("cannot count rows", f"select count(*) from {self.table}", None))[0][0])
 
     def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
-        """`{section_id: (content_hash, model, metadata, has_content)}` for the ids already stored
+        """`{section_id: (content_hash, model, metadata, has_content, source)}` for the ids already stored
         (keyed by the ids as given), in one query.
 
         Raises:
@@ -235,13 +237,13 @@ class PostgresStore(PostgresConnections, PostgresAdmin, SectionStore):
             return {}
         rows = self._query(
             "cannot read stored hashes",
-            f"select section_id, content_hash, model, metadata, content is not null from {self.table}"
+            f"select section_id, content_hash, model, metadata, content is not null, source from {self.table}"
             f" where section_id = any(%s::{ID_ARRAY[id_type]}[])",
             (list(given),),
         )
         found: dict[Any, tuple[Any, ...]] = {}
-        for key, content_hash, model, metadata, has_content in rows:
-            found[given[key if id_type != "uuid" else str(key)]] = (content_hash, model, metadata or {}, has_content)
+        for key, content_hash, model, metadata, has_content, source in rows:
+            found[given[key if id_type != "uuid" else str(key)]] = (content_hash, model, metadata or {}, has_content, source)
         return found
 
     def refresh_rows(self, items: Sequence[Any], updated_at: str) -> dict[Any, str]:
@@ -258,6 +260,7 @@ class PostgresStore(PostgresConnections, PostgresAdmin, SectionStore):
             [canonical_id(item.section_id, id_type) for item in items],
             [item.content for item in items],
             [Jsonb(item.metadata) for item in items],
+            [item.source for item in items],
             [stamp] * len(items),
         ]
         with self._borrow() as conn:

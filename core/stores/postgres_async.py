@@ -44,6 +44,8 @@ from ..secrets import redact_dsn, scrub_dsn
 from . import _flavour_async as flavour
 from .postgres_admin_async import AsyncPostgresAdmin
 from .postgres_pool_async import AsyncPostgresConnections
+from .postgres_sync_async import AsyncPostgresSync
+from .sync_async import AsyncSyncing
 from .ingest_async import AsyncSectionStore
 from ..engine.sections import canonical_id, ids_type
 from .postgres_rows import (
@@ -85,7 +87,7 @@ def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
     return psycopg, psycopg_pool, numpy, pgvector_psycopg.register_vector_async
 
 
-class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncSectionStore):
+class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncPostgresSync, AsyncSyncing, AsyncSectionStore):
     """Section embeddings in a Postgres table with pgvector, through psycopg 3.
 
     Args:
@@ -216,7 +218,7 @@ class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncSect
         return int((await self._query("cannot count rows", f"select count(*) from {self.table}", None))[0][0])
 
     async def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
-        """`{section_id: (content_hash, model, metadata, has_content)}` for the ids already stored
+        """`{section_id: (content_hash, model, metadata, has_content, source)}` for the ids already stored
         (keyed by the ids as given), in one query.
 
         Raises:
@@ -233,13 +235,13 @@ class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncSect
             return {}
         rows = await self._query(
             "cannot read stored hashes",
-            f"select section_id, content_hash, model, metadata, content is not null from {self.table}"
+            f"select section_id, content_hash, model, metadata, content is not null, source from {self.table}"
             f" where section_id = any(%s::{ID_ARRAY[id_type]}[])",
             (list(given),),
         )
         found: dict[Any, tuple[Any, ...]] = {}
-        for key, content_hash, model, metadata, has_content in rows:
-            found[given[key if id_type != "uuid" else str(key)]] = (content_hash, model, metadata or {}, has_content)
+        for key, content_hash, model, metadata, has_content, source in rows:
+            found[given[key if id_type != "uuid" else str(key)]] = (content_hash, model, metadata or {}, has_content, source)
         return found
 
     async def refresh_rows(self, items: Sequence[Any], updated_at: str) -> dict[Any, str]:
@@ -256,6 +258,7 @@ class AsyncPostgresStore(AsyncPostgresConnections, AsyncPostgresAdmin, AsyncSect
             [canonical_id(item.section_id, id_type) for item in items],
             [item.content for item in items],
             [Jsonb(item.metadata) for item in items],
+            [item.source for item in items],
             [stamp] * len(items),
         ]
         async with self._borrow() as conn:

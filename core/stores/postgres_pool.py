@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..secrets import redact_dsn, scrub_dsn
+from . import _flavour as flavour
 from . import postgres_admin as admin
 
 __all__ = ["PostgresConnections"]
@@ -35,6 +36,7 @@ class PostgresConnections:
     _dsn: str
     _pool: Any
     _pool_lock: Any
+    _pool_loop: Any = None
     _schema_done: bool
     _psycopg: Any
     _psycopg_pool: Any
@@ -106,11 +108,15 @@ class PostgresConnections:
                 pool.close()
                 raise self._error("cannot connect to the database", exc) from None
             self._pool = pool
+            self._pool_loop = flavour.current_loop()
             return pool
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[Any]:
         """A pooled connection, ready (schema checked, vector types registered), for one call."""
+        if self._pool is not None and self._pool_loop not in (None, flavour.current_loop()):
+            # Opened under an event loop that has ended: its connections went with it.
+            self._pool, self._pool_lock = None, flavour.Lock()
         pool = self._pool or self._open_pool()
         try:
             with pool.connection(timeout=self.connect_timeout) as conn:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..secrets import redact_dsn, scrub_dsn
+from . import _flavour_async as flavour
 from . import postgres_admin_async as admin
 
 __all__ = ["AsyncPostgresConnections"]
@@ -33,6 +34,7 @@ class AsyncPostgresConnections:
     _dsn: str
     _pool: Any
     _pool_lock: Any
+    _pool_loop: Any = None
     _schema_done: bool
     _psycopg: Any
     _psycopg_pool: Any
@@ -104,11 +106,15 @@ class AsyncPostgresConnections:
                 await pool.close()
                 raise self._error("cannot connect to the database", exc) from None
             self._pool = pool
+            self._pool_loop = flavour.current_loop()
             return pool
 
     @contextlib.asynccontextmanager
     async def _borrow(self) -> AsyncIterator[Any]:
         """A pooled connection, ready (schema checked, vector types registered), for one call."""
+        if self._pool is not None and self._pool_loop not in (None, flavour.current_loop()):
+            # Opened under an event loop that has ended: its connections went with it.
+            self._pool, self._pool_lock = None, flavour.Lock()
         pool = self._pool or await self._open_pool()
         try:
             async with pool.connection(timeout=self.connect_timeout) as conn:

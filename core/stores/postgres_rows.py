@@ -20,11 +20,12 @@ __all__ = [
 ]
 
 COLUMNS = (
-    "section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at", "content", "metadata"
+    "section_id", "title", "embedding", "model", "content_hash", "token_count", "updated_at", "content", "metadata",
+    "source",
 )
 """The table's columns, in the order every write sends them."""
 
-_ARRAY_TYPES = ("%s[]", "text[]", "vector[]", "text[]", "text[]", "int4[]", "timestamptz[]", "text[]", "jsonb[]")
+_ARRAY_TYPES = ("%s[]", "text[]", "vector[]", "text[]", "text[]", "int4[]", "timestamptz[]", "text[]", "jsonb[]", "text[]")
 """Each column's array type in the unnest upsert (the id's depends on the table)."""
 ID_ARRAY = {"bigint": "int8", "text": "text", "uuid": "uuid"}
 """The element type of an array of ids, per id type."""
@@ -72,7 +73,7 @@ def row_params(numpy: Any, row: Row, id_type: str = "bigint") -> tuple[Any, ...]
     metadata = Jsonb(dict(row.metadata) if row.metadata else {})
     return (
         Int8(key) if id_type == "bigint" else key,
-        row.title, embedding, row.model, row.content_hash, token_count, updated_at, row.content, metadata,
+        row.title, embedding, row.model, row.content_hash, token_count, updated_at, row.content, metadata, row.source,
     )
 
 
@@ -94,9 +95,13 @@ def prepare_rows(numpy: Any, rows: Any, id_type: str = "bigint") -> tuple[list[t
     return list(prepared.items()), failures
 
 
-def upsert_tail() -> str:
-    """``on conflict (section_id) do update set`` every other column."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "section_id")
+def upsert_tail(table: str) -> str:
+    """``on conflict (section_id) do update set`` every other column (a row written outside any sync,
+    with no source, leaves the stored row's source as it was)."""
+    updates = ", ".join(
+        f"{c} = excluded.{c}" if c != "source" else f"source = coalesce(excluded.source, {table}.source)"
+        for c in COLUMNS if c != "section_id"
+    )
     return f"on conflict (section_id) do update set {updates}"
 
 
@@ -108,16 +113,17 @@ def upsert_sql(table: str, kind: str, id_type: str = "bigint") -> bytes:
         source = "select * from unnest(" + ", ".join(f"%b::{t}" for t in types) + ")"
     else:
         source = "values (" + ", ".join(["%b"] * len(COLUMNS)) + ")"
-    return f"insert into {table} ({', '.join(COLUMNS)}) {source} {upsert_tail()}".encode()
+    return f"insert into {table} ({', '.join(COLUMNS)}) {source} {upsert_tail(table)}".encode()
 
 
 def refresh_sql(table: str, id_type: str = "bigint") -> bytes:
-    """Set `content`, `metadata` and `updated_at` of existing rows whose text is unchanged: the
-    vector is not sent again (4 binary arrays: ids, contents, metadata, timestamps)."""
+    """Set `content`, `metadata`, `source` and `updated_at` of existing rows whose text is unchanged:
+    the vector is not sent again (5 binary arrays: ids, contents, metadata, sources, timestamps)."""
     return (
-        f"update {table} t set content = u.content, metadata = u.metadata, updated_at = u.updated_at"
-        f" from unnest(%b::{ID_ARRAY[id_type]}[], %b::text[], %b::jsonb[], %b::timestamptz[])"
-        " as u(section_id, content, metadata, updated_at) where t.section_id = u.section_id"
+        f"update {table} t set content = u.content, metadata = u.metadata,"
+        " source = coalesce(u.source, t.source), updated_at = u.updated_at"
+        f" from unnest(%b::{ID_ARRAY[id_type]}[], %b::text[], %b::jsonb[], %b::text[], %b::timestamptz[])"
+        " as u(section_id, content, metadata, source, updated_at) where t.section_id = u.section_id"
     ).encode()
 
 

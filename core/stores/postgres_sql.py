@@ -87,10 +87,11 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
              from pg_attribute a
             where a.attrelid = to_regclass(%(table)s) and a.attname = 'embedding'
               and not a.attisdropped and a.atttypid = to_regtype('vector'))
-            and (select count(*) = 2 from pg_attribute a
-                  where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata')
+            and (select count(*) = 3 from pg_attribute a
+                  where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata', 'source')
                     and not a.attisdropped)
-            and to_regclass(%(metadata_index)s) is not null,
+            and to_regclass(%(metadata_index)s) is not null
+            and to_regprocedure('core_sync_lock(text,text,text,integer)') is not null,
           (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
           to_regclass(%(index)s) is not null,
           exists (select 1 from pg_proc p

@@ -228,6 +228,7 @@ def render_schema(
         "match_function": match_function,
         "id_type": validate_id_type(id_type),
         "metadata_index": metadata_index_name(table),
+        "source_index": _derived_name(table, "", "_source_idx"),
     }
     values.update(_index_parts(table, dimensions))
     template = _template()

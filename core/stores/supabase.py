@@ -39,6 +39,8 @@ from ..limits import DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY, SUPABASE_ROW_RETRI
 from ..secrets import redact
 from . import _flavour as flavour
 from .ingest import SectionStore
+from .supabase_sync import SupabaseSync
+from .sync import Syncing
 from .schema import default_match_function, validate_identifier
 from .supabase_errors import (
     PREFLIGHT_COLUMNS,
@@ -57,7 +59,7 @@ __all__ = ["SupabaseStore"]
 DEFAULT_ROW_RETRIES = SUPABASE_ROW_RETRIES
 
 
-class SupabaseStore(SectionStore):
+class SupabaseStore(SupabaseSync, Syncing, SectionStore):
     """Stores section embeddings in a Supabase table through PostgREST.
 
     Args:
@@ -113,6 +115,7 @@ class SupabaseStore(SectionStore):
         self._watched: Any = None
         self._own_client = client is None
         self._client_lock = flavour.Lock()
+        self._client_loop: Any = None
         self.url = url or os.environ.get("SUPABASE_URL")
         self._key: str | None = key
         self.client: Any = client
@@ -147,7 +150,10 @@ class SupabaseStore(SectionStore):
             raise ConfigurationError(f"cannot create a Supabase client for {self.url!r}: {self._reason(exc)}") from None
 
     def _client(self) -> Any:
-        """The supabase client, created on first use where the flavour cannot make it up front."""
+        """The supabase client, created on first use where the flavour cannot make it up front (and
+        made again when the store's own client belongs to an event loop that has ended)."""
+        if self._own_client and self.client is not None and self._client_loop not in (None, flavour.current_loop()):
+            self.client, self._watched, self._client_lock = None, None, flavour.Lock()
         if self.client is None:
             with self._client_lock:
                 if self.client is None:
@@ -158,6 +164,7 @@ class SupabaseStore(SectionStore):
                             f"cannot create a Supabase client for {self.url!r}: {self._reason(exc)}"
                         ) from None
                     self.client = client
+                    self._client_loop = flavour.current_loop()
         self._prepare_client()
         return self.client
 
@@ -204,7 +211,7 @@ class SupabaseStore(SectionStore):
             self.table_id_type = "bigint" if isinstance(data[0].get("section_id"), int) else None
 
     def fetch_hashes(self, section_ids: Sequence[Any]) -> dict[Any, tuple[Any, ...]]:
-        """`{section_id: (content_hash, model, metadata, True)}` for the ids already stored (one
+        """`{section_id: (content_hash, model, metadata, True, source)}` for the ids already stored (one
         request; keyed by the ids as given).
 
         Transient failures are retried like a row's; then errors propagate as the
@@ -215,7 +222,7 @@ class SupabaseStore(SectionStore):
         client = self._client()
         ids = list(section_ids)
         response = self._retried(
-            lambda: client.table(self.table).select("section_id,content_hash,model,metadata").in_("section_id", ids).execute()
+            lambda: client.table(self.table).select("section_id,content_hash,model,metadata,source").in_("section_id", ids).execute()
         )
         given = {str(section_id): section_id for section_id in ids}
         found: dict[Any, tuple[Any, ...]] = {}
@@ -223,7 +230,8 @@ class SupabaseStore(SectionStore):
             if isinstance(record, dict) and str(record.get("section_id")) in given:
                 # Whether content is stored is not read (it would bring every text back): taken as yes.
                 found[given[str(record["section_id"])]] = (
-                    str(record.get("content_hash")), str(record.get("model")), record.get("metadata") or {}, True
+                    str(record.get("content_hash")), str(record.get("model")), record.get("metadata") or {}, True,
+                    record.get("source"),
                 )
         return found
 
@@ -233,6 +241,8 @@ class SupabaseStore(SectionStore):
 
         def patch(item: Any) -> dict[Any, str]:
             body = {"content": item.content, "metadata": item.metadata, "updated_at": updated_at}
+            if item.source is not None:
+                body["source"] = item.source
             try:
                 self._retried(
                     lambda: client.table(self.table).update(body, returning="minimal").eq("section_id", item.section_id).execute()
@@ -297,6 +307,8 @@ class SupabaseStore(SectionStore):
             "updated_at": row.updated_at,
             "content": row.content,
             "metadata": dict(row.metadata) if row.metadata else {},
+            # Without a source (outside any sync) the key is left out: an upsert keeps the stored one.
+            **({"source": row.source} if row.source is not None else {}),
         }
 
     def _prepare_client(self) -> None:

@@ -77,8 +77,8 @@ def test_write_fetch_and_exact_vectors(
     assert store.write_rows([make_row(i + 1, v) for i, v in enumerate(vectors)]) == {}
     assert store.count() == 7
     assert stored_vectors(pg_conn, "sections") == {i + 1: v.tobytes() for i, v in enumerate(vectors)}
-    # (content_hash, model, metadata, has content): the corpus store (issue #17) reads metadata back
-    assert store.fetch_hashes([1, 3, 99, 3]) == {1: ("hash-1", "m1", {}, False), 3: ("hash-3", "m1", {}, False)}
+    # (content_hash, model, metadata, has content, source): the corpus store (issues #17, #18) reads them back
+    assert store.fetch_hashes([1, 3, 99, 3]) == {1: ("hash-1", "m1", {}, False, None), 3: ("hash-3", "m1", {}, False, None)}
     assert store.fetch_hashes([]) == {}
     row = pg_conn.execute("select title, token_count, updated_at::text from sections where section_id = 2").fetchone()
     assert row == ("Section 2", 20, "2026-02-03 04:05:06+00")

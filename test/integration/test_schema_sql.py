@@ -99,6 +99,7 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
         ("title", "text", False),
         ("content", "text", False),
         ("metadata", "jsonb", True),
+        ("source", "text", False),  # a sync's source (issue #18)
         ("embedding", "vector(1536)", True),
         ("model", "text", True),
         ("content_hash", "text", True),
@@ -119,7 +120,7 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
     indexes = pg_conn.execute(
         "select indexname, indexdef from pg_indexes where tablename = 'section_embeddings' order by indexname"
     ).fetchall()
-    assert len(indexes) == 3  # primary key + HNSW + GIN on metadata
+    assert len(indexes) == 4  # primary key + HNSW + GIN on metadata + source
     hnsw = dict(indexes)["section_embeddings_embedding_hnsw_idx"]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
     assert "USING gin (metadata jsonb_path_ops)" in dict(indexes)["section_embeddings_metadata_idx"]

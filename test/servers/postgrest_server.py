@@ -726,7 +726,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._insert(table, params, body, config)
         if method == "PATCH":
             return self._update(table, params, body, config)
-        raise PgrstError(405, "PGRST117", f"Unsupported HTTP method: {method}", hint="the stand-in serves GET, POST, PATCH")
+        if method == "DELETE":
+            return self._delete(table, params, config)
+        raise PgrstError(405, "PGRST117", f"Unsupported HTTP method: {method}", hint="the stand-in serves GET, POST, PATCH, DELETE")
 
     def _schema_name(self, header: str) -> str:
         schema = self.headers.get(header) or self.server.db_schema
@@ -974,6 +976,30 @@ class _Handler(BaseHTTPRequestHandler):
             )
             count, representation = conn.execute(sql, (raw.decode("utf-8"), *args)).fetchone()
         headers = [("Content-Range", f"0-{count - 1}/*" if count else "*/*")]
+        if prefs.get("return") == "representation":
+            return 200, representation.encode(), headers, count
+        return 204, b"", headers, count
+
+    def _delete(
+        self, name: str, params: list[tuple[str, str]], config: dict[str, Any]
+    ) -> tuple[int, bytes, list[tuple[str, str]], int]:
+        """``DELETE /table?filters``: PostgREST's delete of the rows the filters match; 204 with no
+        body (``Content-Range: */N`` with ``Prefer: count=exact``), or 200 and the rows with
+        ``Prefer: return=representation``."""
+        schema = self._schema_name("Content-Profile")
+        prefs = _prefer(self.headers)
+        with self._transaction(config) as conn:
+            table = self.server.schema.table(conn, schema, name)
+            _, where, args, _, _, _ = self._read_plan(table, params)
+            sql = (
+                f"with pgrst_source as (delete from {table.qualified}"
+                + (f" where {' and '.join(where)}" if where else "")
+                + f" returning {table.qualified}.*) "
+                "select pg_catalog.count(_postgrest_t), coalesce(json_agg(_postgrest_t), '[]')::text "
+                "from (select * from pgrst_source) _postgrest_t"
+            )
+            count, representation = conn.execute(sql, args).fetchone()
+        headers = [("Content-Range", f"*/{count}" if prefs.get("count") == "exact" else "*/*")]
         if prefs.get("return") == "representation":
             return 200, representation.encode(), headers, count
         return 204, b"", headers, count

@@ -126,7 +126,7 @@ class TestUpsertRequest:
         (call,) = [c for c in fake.select_route.calls if "section_id" in c.request.url.params]  # not the preflight
         request = call.request
         assert request.method == "GET" and request.url.path == TABLE_PATH
-        assert request.url.params["select"] == "section_id,content_hash,model,metadata"
+        assert request.url.params["select"] == "section_id,content_hash,model,metadata,source"
         assert request.url.params["section_id"] == "in.(1,2,3)"
         assert parse_qs(request.url.query.decode())["section_id"] == ["in.(1,2,3)"]
         assert request.headers["apikey"] == KEY

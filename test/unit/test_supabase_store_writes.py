@@ -97,7 +97,7 @@ class TestIncremental:
         assert all(size <= 500 for size in sizes)
         assert [i for *_rest, ids in fake.selects for i in ids] == list(range(1, n + 1))
         assert {(t, c, col) for t, c, col, _ in fake.selects} == {
-            ("section_embeddings", "section_id,content_hash,model,metadata", "section_id")
+            ("section_embeddings", "section_id,content_hash,model,metadata,source", "section_id")
         }
 
     @pytest.mark.parametrize("failing_chunk", [0, 1], ids=["first-chunk", "second-chunk"])
@@ -126,7 +126,7 @@ class TestIncremental:
         execute.return_value = SimpleNamespace(
             data=[{"section_id": "4", "content_hash": "h", "model": "m"}, "junk", {"content_hash": "x"}, {"section_id": 9}]
         )
-        assert mock_supabase_store.fetch_hashes([4, 5]) == {4: ("h", "m", {}, True)}
+        assert mock_supabase_store.fetch_hashes([4, 5]) == {4: ("h", "m", {}, True, None)}
         execute.return_value = SimpleNamespace(data=None)
         assert mock_supabase_store.fetch_hashes([4]) == {}
 

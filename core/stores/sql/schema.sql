@@ -16,6 +16,7 @@ create table if not exists {{table}} (
   title text,
   content text,
   metadata jsonb not null default '{}'::jsonb,
+  source text,
   embedding vector({{dimensions}}) not null,
   model text not null,
   content_hash text not null,
@@ -27,6 +28,7 @@ create table if not exists {{table}} (
 -- an empty content and metadata; the next ingest of their sections fills them in).
 alter table {{table}} add column if not exists content text;
 alter table {{table}} add column if not exists metadata jsonb not null default '{}'::jsonb;
+alter table {{table}} add column if not exists source text;
 
 -- "create table if not exists" keeps an existing table as it is: stop here if its
 -- vectors have another size, rather than let every later insert fail.
@@ -48,6 +50,9 @@ $$;
 -- Metadata filters (metadata @> '{"lang": "de"}') use this index.
 create index if not exists {{metadata_index}}
   on {{table}} using gin (metadata jsonb_path_ops);
+
+-- A sync (ingest --sync) reads and deletes the rows of one source.
+create index if not exists {{source_index}} on {{table}} (source);
 
 -- index:begin
 {{index_comment}}
@@ -88,6 +93,40 @@ as $$
   from nearest n
   where match_threshold is null or 1 - n.distance >= match_threshold
   order by n.distance;
+$$;
+
+-- Syncs of one source into one table take turns: where a session cannot hold an
+-- advisory lock (PostgREST: a transaction per request), a row in this table is the
+-- lock, renewed while the sync runs and free once it expires.
+create table if not exists core_sync_locks (
+  table_name text not null,
+  source text not null,
+  holder text not null,
+  expires_at timestamptz not null,
+  primary key (table_name, source)
+);
+alter table core_sync_locks enable row level security;
+
+-- Take (or renew) the lock of (table, source) for holder; returns the holder that has it.
+create or replace function core_sync_lock(
+  lock_table text, lock_source text, lock_holder text, ttl_seconds int default 600
+)
+returns text
+language sql volatile
+as $$
+  insert into core_sync_locks as l (table_name, source, holder, expires_at)
+  values (lock_table, lock_source, lock_holder, now() + make_interval(secs => ttl_seconds))
+  on conflict (table_name, source) do update
+    set holder = excluded.holder, expires_at = excluded.expires_at
+    where l.holder = excluded.holder or l.expires_at < now();
+  select holder from core_sync_locks where table_name = lock_table and source = lock_source;
+$$;
+
+create or replace function core_sync_unlock(lock_table text, lock_source text, lock_holder text)
+returns void
+language sql volatile
+as $$
+  delete from core_sync_locks where table_name = lock_table and source = lock_source and holder = lock_holder;
 $$;
 
 -- Row level security on, with deliberately no policy: clients using the anon or an
