@@ -32,7 +32,9 @@ SOURCES = {
     "core/stores/supabase_async.py": "core/stores/supabase.py",
     "core/stores/sync_async.py": "core/stores/sync.py",
     "core/stores/postgres_sync_async.py": "core/stores/postgres_sync.py",
+    "core/stores/postgres_search_async.py": "core/stores/postgres_search.py",
     "core/stores/supabase_sync_async.py": "core/stores/supabase_sync.py",
+    "core/stores/supabase_search_async.py": "core/stores/supabase_search.py",
 }
 """Hand-written async module -> generated sync module."""
 
@@ -49,7 +51,11 @@ NAMES = {
     "supabase_async": "supabase",
     "sync_async": "sync",
     "postgres_sync_async": "postgres_sync",
+    "postgres_search_async": "postgres_search",
+    "AsyncPostgresSearch": "PostgresSearch",
     "supabase_sync_async": "supabase_sync",
+    "supabase_search_async": "supabase_search",
+    "AsyncSupabaseSearch": "SupabaseSearch",
     "AsyncSyncing": "Syncing",
     "AsyncPostgresSync": "PostgresSync",
     "AsyncSupabaseSync": "SupabaseSync",

@@ -268,6 +268,7 @@ class SectionStore(abc.ABC):
         threshold: float | None = None,
         *,
         filter: Mapping[str, Any] | None = None,
+        hybrid: bool = False,
         embedding_service: Any = None,
     ) -> list[dict[str, Any]]:
         """The `k` stored sections nearest to `query` (cosine), best first.
@@ -278,6 +279,10 @@ class SectionStore(abc.ABC):
             threshold: Minimum cosine similarity, or None.
             filter: Only rows whose metadata contains this (JSON containment:
                 ``{"lang": "de"}``); k rows come back whenever k rows match.
+            hybrid: Rank by full-text match of `query` (title and content, websearch
+                syntax) and by vector similarity, fused by reciprocal rank: finds exact
+                terms (codes, names) that vectors blur. `threshold` still applies to the
+                cosine similarity.
             embedding_service: Service to embed the query (default: the store's).
 
         Returns:
@@ -293,6 +298,9 @@ class SectionStore(abc.ABC):
         if service is None:
             raise ConfigurationError("search needs an embedding service: pass embedding_service=...")
         vector = service.generate_embedding(query)
+        if hybrid:
+            hits = self.search_hybrid(query, vector, k, filter=filter)  # type: ignore[attr-defined]
+            return [hit for hit in hits if threshold is None or hit["similarity"] >= threshold]
         if filter is None:  # stores written for the seed's search_vector(vector, k, threshold) keep working
             return self.search_vector(vector, k=k, threshold=threshold)
         return self.search_vector(vector, k=k, threshold=threshold, filter=filter)

@@ -266,6 +266,7 @@ class AsyncSectionStore(abc.ABC):
         threshold: float | None = None,
         *,
         filter: Mapping[str, Any] | None = None,
+        hybrid: bool = False,
         embedding_service: Any = None,
     ) -> list[dict[str, Any]]:
         """The `k` stored sections nearest to `query` (cosine), best first.
@@ -276,6 +277,10 @@ class AsyncSectionStore(abc.ABC):
             threshold: Minimum cosine similarity, or None.
             filter: Only rows whose metadata contains this (JSON containment:
                 ``{"lang": "de"}``); k rows come back whenever k rows match.
+            hybrid: Rank by full-text match of `query` (title and content, websearch
+                syntax) and by vector similarity, fused by reciprocal rank: finds exact
+                terms (codes, names) that vectors blur. `threshold` still applies to the
+                cosine similarity.
             embedding_service: Service to embed the query (default: the store's).
 
         Returns:
@@ -291,6 +296,9 @@ class AsyncSectionStore(abc.ABC):
         if service is None:
             raise ConfigurationError("search needs an embedding service: pass embedding_service=...")
         vector = await service.generate_embedding(query)
+        if hybrid:
+            hits = await self.search_hybrid(query, vector, k, filter=filter)  # type: ignore[attr-defined]
+            return [hit for hit in hits if threshold is None or hit["similarity"] >= threshold]
         if filter is None:  # stores written for the seed's search_vector(vector, k, threshold) keep working
             return await self.search_vector(vector, k=k, threshold=threshold)
         return await self.search_vector(vector, k=k, threshold=threshold, filter=filter)

@@ -35,31 +35,28 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..engine.rows import Row
-from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError, StoreError
+from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..limits import DEFAULT_TABLE, POSTGRES_MAX_ROWS_PER_CHUNK, POSTGRES_POOL_SIZE
 from ..secrets import redact_dsn, scrub_dsn
 from . import _flavour as flavour
 from .postgres_admin import PostgresAdmin
 from .postgres_pool import PostgresConnections
+from .postgres_search import PostgresSearch
 from .postgres_sync import PostgresSync
 from .sync import Syncing
 from .ingest import SectionStore
 from ..engine.sections import canonical_id, ids_type
 from .postgres_rows import (
     ID_ARRAY,
-    as_float32,
     chunks,
-    ef_search,
     prepare_rows,
     refresh_sql,
     refusal_reason,
-    search_result,
-    search_sql,
     upsert_sql,
 )
 from .postgres_sql import INDEX_MEMORY_CAP, TableState
@@ -89,7 +86,9 @@ def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
     return psycopg, psycopg_pool, numpy, pgvector_psycopg.register_vector
 
 
-class PostgresStore(PostgresConnections, PostgresAdmin, PostgresSync, Syncing, SectionStore):
+class PostgresStore(
+    PostgresConnections, PostgresAdmin, PostgresSearch, PostgresSync, Syncing, SectionStore
+):
     """Section embeddings in a Postgres table with pgvector, through psycopg 3.
 
     Args:
@@ -271,48 +270,6 @@ class PostgresStore(PostgresConnections, PostgresAdmin, PostgresSync, Syncing, S
                 reason = self._reason(exc)
                 return {item.section_id: reason for item in items}
         return {}
-
-    def search_vector(
-        self, vector: Sequence[float], k: int = 5, threshold: float | None = None, *, filter: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """The `k` rows nearest `vector` by cosine similarity, best first.
-
-        Args:
-            vector: Query vector of `dimensions` floats.
-            k: How many rows at most (an HNSW scan returns at most 1,000).
-            threshold: Only rows with similarity >= threshold.
-            filter: Only rows whose metadata contains this (``metadata @> filter``).
-
-        Returns:
-            Dicts with `id` (and `section_id`, the same), `title`, `content`, `metadata`, `similarity`.
-
-        Raises:
-            InvalidInputError: If `vector` has the wrong size or `k` < 1.
-            StoreError: If the database is unreachable or the query fails.
-        """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be a positive int, got {k!r}")
-        query = as_float32(self._numpy, vector)
-        if query.ndim != 1 or query.shape[0] != self.dimensions:
-            raise InvalidInputError(
-                f"query vector has {query.size} dimensions, table {self.table!r} has {self.dimensions}"
-            )
-        from psycopg.types.json import Jsonb
-
-        sql, params = search_sql(
-            self.table, self.match_function, self.dimensions, query, k, threshold, halfvec_scan=self.halfvec_scan,
-            filter=Jsonb(dict(filter)) if filter else None,
-        )
-        widen = ef_search(k, halfvec_scan=self.halfvec_scan)
-        with self._borrow() as conn:
-            try:
-                with conn.transaction():
-                    if widen is not None:  # for this transaction only
-                        conn.execute("select set_config('hnsw.ef_search', %s, true)", (widen,))
-                    rows = (conn.execute(sql, params)).fetchall()
-            except self._psycopg.Error as exc:
-                raise self._error("search failed", exc) from None
-        return [search_result(row) for row in rows]
 
     def write_rows(self, rows: Sequence[Row]) -> dict[int, str]:
         """Upsert `rows` (binary, chunked); return `{section_id: reason}` for rows not stored.

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import id_type_of, index_name, metadata_index_name, render_schema
+from .schema import hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
 
 __all__ = [
     "INDEX_MEMORY_CAP",
@@ -87,9 +87,11 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
              from pg_attribute a
             where a.attrelid = to_regclass(%(table)s) and a.attname = 'embedding'
               and not a.attisdropped and a.atttypid = to_regtype('vector'))
-            and (select count(*) = 3 from pg_attribute a
-                  where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata', 'source')
+            and (select count(*) = 4 from pg_attribute a
+                  where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata', 'source', 'fts')
                     and not a.attisdropped)
+            and exists (select 1 from pg_proc p where p.proname = %(hybrid)s and p.pronargs = 7
+                         and pg_function_is_visible(p.oid))
             and to_regclass(%(metadata_index)s) is not null
             and to_regprocedure('core_sync_lock(text,text,text,integer)') is not null,
           (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
@@ -106,6 +108,7 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
         "index": index_name(table),
         "metadata_index": metadata_index_name(table),
         "function": match_function,
+        "hybrid": hybrid_function(match_function),
         "body": _function_body(table, dimensions, match_function),
     }
 

@@ -37,6 +37,7 @@ __all__ = [
     "apply_schema",
     "apply_schema_sql",
     "default_match_function",
+    "hybrid_function",
     "metadata_index_name",
     "validate_id_type",
     "index_name",
@@ -114,6 +115,13 @@ def default_match_function(table: str) -> str:
         ConfigurationError: If `table` is not a valid identifier.
     """
     return DEFAULT_MATCH_FUNCTION if table == DEFAULT_TABLE else _derived_name(table, "match_", "")
+
+
+def hybrid_function(match_function: str) -> str:
+    """The hybrid (full-text + vector) search function that goes with `match_function`."""
+    if len(match_function) + len("_hybrid") <= 63:
+        return match_function + "_hybrid"
+    return match_function[:46] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_hybrid"
 
 
 def validate_id_type(id_type: str) -> str:
@@ -229,6 +237,8 @@ def render_schema(
         "id_type": validate_id_type(id_type),
         "metadata_index": metadata_index_name(table),
         "source_index": _derived_name(table, "", "_source_idx"),
+        "fts_index": _derived_name(table, "", "_fts_idx"),
+        "hybrid_function": hybrid_function(match_function),
     }
     values.update(_index_parts(table, dimensions))
     template = _template()

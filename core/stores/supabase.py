@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,6 +39,7 @@ from ..limits import DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY, SUPABASE_ROW_RETRI
 from ..secrets import redact
 from . import _flavour as flavour
 from .ingest import SectionStore
+from .supabase_search import SupabaseSearch
 from .supabase_sync import SupabaseSync
 from .sync import Syncing
 from .schema import default_match_function, validate_identifier
@@ -59,7 +60,7 @@ __all__ = ["SupabaseStore"]
 DEFAULT_ROW_RETRIES = SUPABASE_ROW_RETRIES
 
 
-class SupabaseStore(SupabaseSync, Syncing, SectionStore):
+class SupabaseStore(SupabaseSearch, SupabaseSync, Syncing, SectionStore):
     """Stores section embeddings in a Supabase table through PostgREST.
 
     Args:
@@ -270,27 +271,6 @@ class SupabaseStore(SupabaseSync, Syncing, SectionStore):
         for result in results:
             failures.update(result)
         return failures
-
-    def search_vector(
-        self, vector: Sequence[float], k: int = 5, threshold: float | None = None, *, filter: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """The `k` rows nearest `vector`, through the search function (an RPC), among the rows whose
-        metadata contains `filter`. Dicts with `id` (and `section_id`), `title`, `content`,
-        `metadata`, `similarity`.
-
-        Raises:
-            StoreError: The search failed (one line naming the URL and the function, never the key).
-        """
-        client = self._client()
-        params: dict[str, Any] = {"query_embedding": vector_literal(vector), "match_count": k, "match_threshold": threshold}
-        if filter:
-            params["filter"] = dict(filter)
-        try:
-            response = self._retried(lambda: client.rpc(self.match_function, params).execute())
-        except Exception as exc:  # postgrest's APIError may quote a gateway's echo of the key: never raised as is
-            where = f"Supabase at {self.url}" if self.url else "Supabase"
-            raise StoreError(f"search through {self.match_function}() on {where} failed: {self._reason(exc)}") from None
-        return [{"id": row.get("section_id"), **row} for row in response.data or [] if isinstance(row, dict)]
 
     # --- rows on the wire ----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +37,7 @@ from ..limits import DEFAULT_TABLE, SUPABASE_MAX_CONCURRENCY, SUPABASE_ROW_RETRI
 from ..secrets import redact
 from . import _flavour_async as flavour
 from .ingest_async import AsyncSectionStore
+from .supabase_search_async import AsyncSupabaseSearch
 from .supabase_sync_async import AsyncSupabaseSync
 from .sync_async import AsyncSyncing
 from .schema import default_match_function, validate_identifier
@@ -57,7 +58,7 @@ __all__ = ["AsyncSupabaseStore"]
 DEFAULT_ROW_RETRIES = SUPABASE_ROW_RETRIES
 
 
-class AsyncSupabaseStore(AsyncSupabaseSync, AsyncSyncing, AsyncSectionStore):
+class AsyncSupabaseStore(AsyncSupabaseSearch, AsyncSupabaseSync, AsyncSyncing, AsyncSectionStore):
     """Stores section embeddings in a Supabase table through PostgREST.
 
     Args:
@@ -268,27 +269,6 @@ class AsyncSupabaseStore(AsyncSupabaseSync, AsyncSyncing, AsyncSectionStore):
         for result in results:
             failures.update(result)
         return failures
-
-    async def search_vector(
-        self, vector: Sequence[float], k: int = 5, threshold: float | None = None, *, filter: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """The `k` rows nearest `vector`, through the search function (an RPC), among the rows whose
-        metadata contains `filter`. Dicts with `id` (and `section_id`), `title`, `content`,
-        `metadata`, `similarity`.
-
-        Raises:
-            StoreError: The search failed (one line naming the URL and the function, never the key).
-        """
-        client = await self._client()
-        params: dict[str, Any] = {"query_embedding": vector_literal(vector), "match_count": k, "match_threshold": threshold}
-        if filter:
-            params["filter"] = dict(filter)
-        try:
-            response = await self._retried(lambda: client.rpc(self.match_function, params).execute())
-        except Exception as exc:  # postgrest's APIError may quote a gateway's echo of the key: never raised as is
-            where = f"Supabase at {self.url}" if self.url else "Supabase"
-            raise StoreError(f"search through {self.match_function}() on {where} failed: {self._reason(exc)}") from None
-        return [{"id": row.get("section_id"), **row} for row in response.data or [] if isinstance(row, dict)]
 
     # --- rows on the wire ----------------------------------------------------------------
 

@@ -135,7 +135,7 @@ def test_two_tables_of_other_widths_each_with_its_own_search_function(pg_conn: A
             assert {h["id"] for h in small.search("topic", k=10, embedding_service=narrow)} == {s["id"] for s in sections[6:]}
     assert small.match_function == default_match_function("d256") == "match_d256"
     functions = pg_conn.execute("select proname from pg_proc where pronamespace = 'public'::regnamespace and proname like 'match%' order by 1").fetchall()
-    assert functions == [("match_d256",), ("match_sections",)]
+    assert functions == [("match_d256",), ("match_d256_hybrid",), ("match_sections",), ("match_sections_hybrid",)]
 
 
 def test_a_table_of_the_earlier_version_is_upgraded_in_place(pg_conn: Any, pg_dsn: str, fake_openai: Any) -> None:
@@ -210,3 +210,30 @@ def test_filtered_and_unfiltered_recall_against_an_exact_scan(pg_conn: Any, pg_d
     print(f"recall@{k}: " + ", ".join(f"{name} {value:.3f}" for name, value in means.items()))
     assert all(value >= 0.95 for value in means.values()), means
     assert means["rare"] == 1.0
+
+
+@pytest.mark.parametrize("target", ["postgres", "supabase"])
+def test_hybrid_search_finds_an_exact_term_the_vectors_miss(target: str, pg_conn: Any, pg_dsn: str, rest: Any) -> None:
+    """An error code inside one section whose vector is far from the query's (as an embedding
+    model blurs a code like E4012): vector search does not return it in its top 10; hybrid search
+    (full-text rank and vector rank fused by reciprocal rank) puts it first."""
+    if target == "supabase":
+        apply_schema(pg_dsn, dimensions=16, with_index=False)
+        rest.reload_schema()
+    rng = np.random.default_rng(5)
+    query = rng.standard_normal(16).astype(np.float32)
+    near = query + 0.3 * rng.standard_normal((200, 16)).astype(np.float32)  # 200 sections near the query
+    far = -query  # the one that holds the term: as far as can be
+    rows = [Row(i, f"Import errors {i}", near[i], "m", f"h{i}", 1, "2026-01-01T00:00:00+00:00",
+                "What to do when an import fails.", {}) for i in range(200)]
+    rows.append(Row(500, "Troubleshooting", far, "m", "h500", 1, "2026-01-01T00:00:00+00:00",
+                    "The server answers E4012 when the key expired.", {}))
+    store = PostgresStore(pg_dsn, dimensions=16) if target == "postgres" else SupabaseStore(url=rest.url, key="service-key")
+    assert store.write_rows(rows) == {}
+    vector_only = [h["id"] for h in store.search_vector(query, k=10)]
+    hybrid = store.search_hybrid("E4012", query, 10)
+    print(f"E4012 ({target}): vector-only top 10 {'has' if 500 in vector_only else 'misses'} it; hybrid rank "
+          f"{[h['id'] for h in hybrid].index(500) + 1}")
+    assert 500 not in vector_only
+    assert hybrid[0]["id"] == 500 and "E4012" in hybrid[0]["content"] and len(hybrid) == 10
+    assert store.search_hybrid("E4012", query, 10, filter={"lang": "xx"}) == []

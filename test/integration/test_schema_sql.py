@@ -105,6 +105,7 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
         ("content_hash", "text", True),
         ("token_count", "integer", False),
         ("updated_at", "timestamp with time zone", True),
+        ("fts", "tsvector", False),  # hybrid search's full text (issue #17), generated from title and content
     ]
     pk = pg_conn.execute(
         """select pg_get_constraintdef(oid) from pg_constraint
@@ -115,12 +116,16 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
         """select pg_get_expr(adbin, adrelid) from pg_attrdef
            where adrelid = 'section_embeddings'::regclass"""
     ).fetchall()
-    assert sorted(default) == [("'{}'::jsonb",), ("now()",)]
+    assert sorted(default) == [
+        ("'{}'::jsonb",),
+        ("now()",),
+        ("to_tsvector('simple'::regconfig, ((COALESCE(title, ''::text) || ' '::text) || COALESCE(content, ''::text)))",),
+    ]
 
     indexes = pg_conn.execute(
         "select indexname, indexdef from pg_indexes where tablename = 'section_embeddings' order by indexname"
     ).fetchall()
-    assert len(indexes) == 4  # primary key + HNSW + GIN on metadata + source
+    assert len(indexes) == 5  # primary key + HNSW + GIN on metadata + source + GIN on fts
     hnsw = dict(indexes)["section_embeddings_embedding_hnsw_idx"]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
     assert "USING gin (metadata jsonb_path_ops)" in dict(indexes)["section_embeddings_metadata_idx"]

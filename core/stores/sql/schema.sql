@@ -29,6 +29,10 @@ create table if not exists {{table}} (
 alter table {{table}} add column if not exists content text;
 alter table {{table}} add column if not exists metadata jsonb not null default '{}'::jsonb;
 alter table {{table}} add column if not exists source text;
+-- Full-text search over title and content (hybrid search). 'simple': no language's
+-- stemming or stop words, so every language's exact terms match as written.
+alter table {{table}} add column if not exists fts tsvector
+  generated always as (to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(content, ''))) stored;
 
 -- "create table if not exists" keeps an existing table as it is: stop here if its
 -- vectors have another size, rather than let every later insert fail.
@@ -50,6 +54,8 @@ $$;
 -- Metadata filters (metadata @> '{"lang": "de"}') use this index.
 create index if not exists {{metadata_index}}
   on {{table}} using gin (metadata jsonb_path_ops);
+
+create index if not exists {{fts_index}} on {{table}} using gin (fts);
 
 -- A sync (ingest --sync) reads and deletes the rows of one source.
 create index if not exists {{source_index}} on {{table}} (source);
@@ -93,6 +99,55 @@ as $$
   from nearest n
   where match_threshold is null or 1 - n.distance >= match_threshold
   order by n.distance;
+$$;
+
+-- Hybrid search: the rows nearest query_embedding and the rows whose text best matches
+-- query_text (websearch syntax: words, "a phrase", -not), fused by reciprocal rank
+-- (score = sum of weight / (rrf_k + rank) over the two lists), as Supabase's hybrid
+-- search guide does; on equal scores the row that matches the words comes first;
+-- similarity is still the cosine similarity.
+drop function if exists {{hybrid_function}}(text, vector, integer, jsonb, double precision, double precision, integer);
+create or replace function {{hybrid_function}}(
+  query_text text,
+  query_embedding vector({{dimensions}}),
+  match_count int default 5,
+  filter jsonb default '{}'::jsonb,
+  full_text_weight double precision default 1,
+  semantic_weight double precision default 1,
+  rrf_k int default 50
+)
+returns table (
+  section_id {{id_type}}, title text, content text, metadata jsonb, similarity double precision
+)
+language sql stable
+set hnsw.iterative_scan = 'relaxed_order'
+as $$
+  with full_text as (
+    select t.section_id,
+           row_number() over (order by ts_rank_cd(t.fts, websearch_to_tsquery('simple', query_text)) desc) as rank_ix
+    from {{table}} t
+    where t.fts @@ websearch_to_tsquery('simple', query_text) and t.metadata @> coalesce(filter, '{}'::jsonb)
+    order by rank_ix
+    limit match_count * 2
+  ),
+  semantic as (
+    select n.section_id, row_number() over (order by n.distance) as rank_ix
+    from (
+      select t.section_id, {{order_key}} <=> {{order_query}} as distance
+      from {{table}} t
+      where t.metadata @> coalesce(filter, '{}'::jsonb)
+      order by {{order_key}} <=> {{order_query}}
+      limit match_count * 2
+    ) n
+  )
+  select t.section_id, t.title, t.content, t.metadata, 1 - ({{order_key}} <=> {{order_query}}) as similarity
+  from full_text f
+  full outer join semantic s on f.section_id = s.section_id
+  join {{table}} t on t.section_id = coalesce(f.section_id, s.section_id)
+  order by coalesce(1.0 / (rrf_k + f.rank_ix), 0.0) * full_text_weight
+         + coalesce(1.0 / (rrf_k + s.rank_ix), 0.0) * semantic_weight desc,
+           f.rank_ix nulls last, s.rank_ix  -- a tie goes to the row that matches the words
+  limit match_count;
 $$;
 
 -- Syncs of one source into one table take turns: where a session cannot hold an
