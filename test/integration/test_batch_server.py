@@ -105,7 +105,7 @@ def test_a_batch_walks_the_real_statuses_on_the_servers_clock(client, control):
     assert batch.status == "completed" and batch.error_file_id is None
     assert batch.created_at < batch.in_progress_at < batch.finalizing_at < batch.completed_at
     assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 0)
-    lines = _jsonl(client, batch.output_file_id)
+    lines = sorted(_jsonl(client, batch.output_file_id), key=lambda line: line["custom_id"])
     assert [line["custom_id"] for line in lines] == ["req-0", "req-1", "req-2", "req-3"]
     for line, want in zip(lines, texts):
         assert line["error"] is None and line["response"]["status_code"] == 200
@@ -124,9 +124,10 @@ def test_cancel_keeps_what_was_done_and_reports_the_rest(client, control):
     control.advance(5)
     batch = client.batches.retrieve(batch.id)
     assert batch.status == "cancelled" and batch.cancelled_at is not None
-    assert [line["custom_id"] for line in _jsonl(client, batch.output_file_id)] == ["r0", "r1", "r2"]
+    done = {line["custom_id"] for line in _jsonl(client, batch.output_file_id)}
     errors = _jsonl(client, batch.error_file_id)
-    assert [e["custom_id"] for e in errors] == [f"r{k}" for k in range(3, 10)]
+    assert len(done) == 3 and done | {e["custom_id"] for e in errors} == {f"r{k}" for k in range(10)}
+    assert {e["custom_id"] for e in errors}.isdisjoint(done) and len(errors) == 7
     assert errors[0]["response"] is None and errors[0]["error"]["code"] == "batch_cancelled"
     with pytest.raises(openai.ConflictError, match="status 'cancelled'"):
         client.batches.cancel(batch.id)
@@ -149,14 +150,23 @@ def test_validation_failures_name_their_lines(client, control):
     lines = [_line("a", ["x"]), _line("a", ["y"]), {**_line("c", ["z"]), "url": "/v1/chat/completions"}]
     batch = client.batches.retrieve(_create(client, _upload(client, lines)).id)
     assert batch.status == "failed" and batch.failed_at is not None
-    assert [(e.code, e.line) for e in batch.errors.data] == [("duplicate_custom_id", 2), ("mismatched_endpoint", 3)]
+    assert [(e.code, e.line) for e in batch.errors.data] == [("duplicate_custom_id", 2), ("url_mismatch", 3)]
+    other_model = [_line("a", ["x"]), {**_line("b", ["y"]), "body": {"model": "text-embedding-3-large", "input": ["y"]}},
+                   "not json"]
+    data = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in other_model).encode()
+    batch = client.batches.retrieve(_create(client, client.files.create(file=("m.jsonl", data), purpose="batch").id).id)
+    assert [(e.code, e.line) for e in batch.errors.data] == [("model_mismatch", 2), ("invalid_json_line", 3)]
+    empty = client.files.create(file=("e.jsonl", b"\n"), purpose="batch").id
+    batch = client.batches.retrieve(_create(client, empty).id)
+    assert [(e.code, e.line) for e in batch.errors.data] == [("empty_file", None)]
+    assert batch.output_file_id is None and batch.error_file_id is None
 
 
 def test_the_request_and_input_caps_of_a_batch(client, control):
     control.configure(max_requests_per_batch=2, max_inputs_per_batch=3)
     batch = client.batches.retrieve(_create(client, _upload(client, [_line(f"r{k}", ["a", "b"]) for k in range(3)])).id)
     assert batch.status == "failed"
-    assert {e.code for e in batch.errors.data} == {"too_many_requests", "too_many_inputs"}
+    assert [e.code for e in batch.errors.data] == ["too_many_tasks", "too_many_tasks"]
 
 
 def test_the_enqueued_token_limit_fails_a_batch_until_the_queue_drains(client, control):
