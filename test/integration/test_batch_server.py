@@ -203,3 +203,55 @@ def test_list_pages_newest_first(client, control):
     assert [b.id for b in client.batches.list(limit=2)] == ids[::-1]  # the SDK pages on
     state = control.state()
     assert [b["id"] for b in state["batches"]] == ids and state["files"] >= 1
+
+
+def test_output_lines_come_shuffled_and_a_batch_where_nothing_succeeded_has_no_output_file(client, control):
+    batch = client.batches.retrieve(_create(client, _upload(client, [_line(f"r{k:02d}", [f"t{k}"]) for k in range(40)])).id)
+    order = [line["custom_id"] for line in _jsonl(client, batch.output_file_id)]
+    assert sorted(order) == [f"r{k:02d}" for k in range(40)] and order != sorted(order)
+    assert batch.error_file_id is None  # nothing failed: no error file
+    control.configure(script=[{"line_errors": {"0": {"status": 500}, "1": {"status": 400, "code": "invalid_value"}}}])
+    failed = client.batches.retrieve(_create(client, _upload(client, [_line("a", ["x"]), _line("b", ["y"])])).id)
+    assert failed.status == "completed" and failed.output_file_id is None
+    assert (failed.request_counts.completed, failed.request_counts.failed) == (0, 2)
+    assert {line["response"]["status_code"] for line in _jsonl(client, failed.error_file_id)} == {500, 400}
+
+
+def test_the_queue_counts_unfinished_batches_and_frees_an_ended_one_after_the_release_lag(client, control):
+    control.configure(in_progress_seconds=100, enqueued_token_limit=10, release_lag_seconds=20)
+    first = _create(client, _upload(client, [_line("a", ["one two three four five six"])]))
+    assert client.batches.retrieve(first.id).status == "in_progress"
+    control.advance(100)
+    assert client.batches.retrieve(first.id).status == "completed"
+    early = _create(client, _upload(client, [_line("b", ["seven eight nine ten eleven"])]))
+    refused = client.batches.retrieve(early.id)
+    assert refused.status == "failed" and refused.errors.data[0].code == "token_limit_exceeded"
+    control.advance(20)  # the lag has passed: the first batch's tokens are free
+    later = _create(client, _upload(client, [_line("c", ["seven eight nine ten eleven"])]))
+    assert client.batches.retrieve(later.id).status == "in_progress"
+    state = control.state()
+    assert [b["tokens"] for b in state["batches"]] == [6, 5, 5]
+
+
+def test_a_script_entry_goes_to_the_next_batch_the_queue_accepts(client, control):
+    control.configure(in_progress_seconds=100, enqueued_token_limit=10, script=[{}, {"stop_at": 0.0}])
+    first = _create(client, _upload(client, [_line("a", ["one two three four five six"])]))
+    client.batches.retrieve(first.id)
+    refused = client.batches.retrieve(_create(client, _upload(client, [_line("b", ["seven eight nine ten eleven"])])).id)
+    assert refused.status == "failed"
+    control.advance(100)
+    stalled = _create(client, _upload(client, [_line("c", ["seven eight nine ten eleven"])]))
+    control.advance(200)
+    assert client.batches.retrieve(stalled.id).status == "in_progress"  # scripted to stall: it got the entry
+    control.advance(DAY)
+    assert client.batches.retrieve(stalled.id).status == "expired"
+
+
+def test_transient_line_errors_fail_a_share_of_bodies_once(client, control):
+    control.configure(transient_line_error_rate=0.3)
+    lines = [_line(f"r{k}", [f"text {k}"]) for k in range(200)]
+    first = client.batches.retrieve(_create(client, _upload(client, lines)).id)
+    failed = {line["custom_id"] for line in _jsonl(client, first.error_file_id)}
+    assert 30 <= len(failed) <= 90  # ~30% of 200
+    again = client.batches.retrieve(_create(client, _upload(client, [l for l in lines if l["custom_id"] in failed])).id)
+    assert again.error_file_id is None and again.request_counts.completed == len(failed)
