@@ -59,6 +59,9 @@ def finish(world: Any, batch: Any, status: str, at: float) -> None:
                 + request_id + b',"body":' + body + b'},"error":null}\n'
             )
             ok, bad = (ok + 1, bad) if status_code == 200 else (ok, bad + 1)
+            if status_code == 200:
+                texts = line["body"].get("input")
+                batch.ok_inputs += 1 if isinstance(texts, str) else len(texts)
         else:
             failed.write(head + b',"response":null,"error":' + json.dumps(
                 {"code": unrun[0], "message": unrun[1]}).encode() + b"}\n")

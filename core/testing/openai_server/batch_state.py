@@ -97,6 +97,8 @@ class BatchRecord:
     model: str | None = None
     done: int = 0
     """Lines processed, frozen when the batch is cancelled or expires."""
+    ok_inputs: int = 0
+    """Inputs of the lines answered 200 (embedded and paid for)."""
     errors: list[dict[str, Any]] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -178,7 +180,8 @@ class BatchWorld:
                 "now": now, "config": self.snapshot(), "files": len(self.files.files),
                 "batches": [
                     {"id": b.id, "status": b.status, "lines": b.lines, "inputs": b.inputs, "tokens": b.tokens,
-                     "done": b.done_at(now) if b.status == "in_progress" else b.done, "metadata": b.metadata}
+                     "done": b.done_at(now) if b.status == "in_progress" else b.done, "metadata": b.metadata,
+                     "ok_inputs": b.ok_inputs}
                     for b in self.batches.values()
                 ],
             }
