@@ -72,7 +72,7 @@ def test_a_refusal_right_after_a_batch_ended_teaches_the_release_lag_not_a_small
     queue.refused(entry, others_in_flight=False)
     assert queue.budget == 1_000_000 and queue.release_lag == 30.0
     queue.note_end(600_000)
-    assert queue.lagging() == 600_000 and queue.next_room_in() == 30.0  # its tokens count for the lag
+    assert queue.lagging() == 1_200_000 and queue.next_room_in() == 30.0  # both ended batches count for the lag
     queue.slept(BATCH_REFUSAL_BACKOFF)
     assert queue.lagging() == 0 and queue.may_submit(500_000, 0, False)
     queue.note_end(600_000)
