@@ -255,3 +255,15 @@ def test_transient_line_errors_fail_a_share_of_bodies_once(client, control):
     assert 30 <= len(failed) <= 90  # ~30% of 200
     again = client.batches.retrieve(_create(client, _upload(client, [l for l in lines if l["custom_id"] in failed])).id)
     assert again.error_file_id is None and again.request_counts.completed == len(failed)
+
+
+def test_a_time_scale_runs_the_batch_clock_faster_without_jumps(client, control):
+    import time as real_time
+
+    before = control.state()["now"]
+    control.configure(time_scale=3600, in_progress_seconds=1800)  # an hour a second
+    batch = _create(client, _upload(client, [_line("a", ["x"])]))
+    real_time.sleep(0.6)
+    after = control.state()["now"]
+    assert 1800 < after - before < 3600 * 5
+    assert client.batches.retrieve(batch.id).status == "completed"

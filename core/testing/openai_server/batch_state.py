@@ -55,6 +55,7 @@ BATCH_DEFAULTS: dict[str, Any] = {
     "enqueued_token_limit": None,  # tokens of unfinished batches per model; None = unlimited
     "release_lag_seconds": 0.0,  # an ended batch's tokens stay enqueued this long
     "transient_line_error_rate": 0.0,  # share of request bodies answered 500 the first time they run
+    "time_scale": 1.0,  # server seconds per real second (benchmarks: hours of batches in minutes)
     "script": [],  # one entry per batch the queue accepts, in order (see the module doc)
 }
 
@@ -73,6 +74,8 @@ def validate_batch_config(changes: dict[str, Any]) -> None:
                     raise ValueError(f"unknown script key(s) {bad}")
         elif key == "enqueued_token_limit" and value is None:
             continue
+        elif key == "time_scale" and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise ValueError(f"batch config 'time_scale' must be a number > 0, got {value!r}")
         elif key == "transient_line_error_rate" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
             raise ValueError(f"batch config 'transient_line_error_rate' must be in [0, 1], got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -153,6 +156,8 @@ class BatchWorld:
             self.config.update(copy.deepcopy(changes))
             if "script" in changes:
                 self.script = deque(copy.deepcopy(changes["script"]))
+            if "time_scale" in changes:
+                self.clock.set_rate(float(changes["time_scale"]))
             if "max_file_bytes" in changes:
                 self.files.max_batch_bytes = int(changes["max_file_bytes"])
             return self.snapshot()
