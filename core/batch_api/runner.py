@@ -126,6 +126,8 @@ class Runner:
             self.submit()
             if not wait or not self.unfinished():
                 return
+            if any(entry.get("accepted") for entry in self.in_flight()):
+                self.queue.progress()  # a batch of the job runs: waiting for it is not a stall
             self.queue.check_stall()
             delay = self.polling.interval if moved else min(self.polling.max_interval, delay * self.polling.backoff)
             pause = delay if self.in_flight() else max(self.queue.next_room_in(), self.polling.interval)

@@ -148,3 +148,10 @@ def test_a_queue_held_by_other_work_stops_the_run_resumable_not_with_sections_fa
     report = job_for(tmp_path, service, store, control).run(items)
     assert (report["success_count"], report["failed_count"]) == (200, 0)
     assert_every_section_has_its_own_vector(pg_conn, items)
+
+
+def test_a_batch_running_longer_than_the_stall_limit_is_waited_for(tmp_path, service, store, control, pg_conn):
+    control.configure(in_progress_seconds=5 * HOUR, enqueued_token_limit=500_000)
+    items = corpus(50)
+    report = job_for(tmp_path, service, store, control, stall_seconds=2 * HOUR).run(items)
+    assert (report["success_count"], report["failed_count"]) == (50, 0)
