@@ -16,7 +16,7 @@ import pytest
 
 from core import EmbeddingService, PostgresStore
 from core.batch_api import BatchJob, Polling, plan_batches
-from core.ingest_run import section_text
+from core.engine.ingest_run import section_text
 from core.testing import expected_embeddings
 from core.testing.openai_server.batches import BatchControl
 
