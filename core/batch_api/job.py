@@ -11,6 +11,9 @@ sets are kept as ranges (``"0-24,31"``), failed and retry lines as
 ``{line: {"code", "reason"}}``; sections whose row the store refused as
 ``store_failed`` ``{id: reason}``. Which sections a line carries is in the
 batch's manifest (``<key>.manifest.jsonl``, written once, before the upload).
+``queue`` holds what the job learned of the enqueued-token queue (`queue.QueueBudget`:
+the budget, the release lag, the refusals). The endpoint's URL is kept without its
+``user:password@``: the folder never holds a credential.
 
 One process at a time: the job directory is locked (``flock`` on ``job.lock``;
 the lock dies with the process, so a killed run never blocks the next one).
