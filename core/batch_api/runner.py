@@ -156,6 +156,7 @@ class Runner:
         """Split again the prepared (not yet created) batches built for a queue budget since lowered."""
         cap = self.batch_limits().tokens
         assert cap is not None
+        resized = False
         for entry in self.job.batches:
             if entry["state"] in ("prepared", "uploaded") and not entry.get("create_attempted") \
                     and int(entry["tokens"]) > cap and int(entry["lines"]) > 1:
@@ -165,8 +166,10 @@ class Runner:
                 if entry.get("input_file_id"):
                     self.remote.delete_file(entry["input_file_id"])
                 entry.update(state="collected", status="resized")
-        self.job.save()
-        self.requeue()
+                resized = True
+        if resized:
+            self.job.save()
+            self.requeue()
 
     def _submit(self, entry: dict[str, Any]) -> None:
         job = self.job
