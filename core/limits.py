@@ -84,6 +84,12 @@ POSTGRES_MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""
 
 # --- The Batch API ---------------------------------------------------------------------
+BATCH_MAX_REQUESTS = 50_000
+"""Requests (lines) in one batch input file: the Batch API's documented cap."""
+BATCH_MAX_INPUTS = 50_000
+"""Embedding inputs across all requests of one batch: the cap the API applies to embeddings batches."""
+BATCH_MAX_FILE_BYTES = 200_000_000
+"""Size of one batch input file: 200 MB, counted in the smaller (decimal) megabytes."""
 BATCH_QUEUE_TOKENS = 3_000_000
 """Default budget of the Batch API's enqueued-token queue: the tokens of an account's batches
 not yet finished, per model. 3,000,000 is the usage-tier-1 figure for text-embedding-3-small

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ConfigurationError
+from ..limits import BATCH_MAX_FILE_BYTES, BATCH_MAX_INPUTS, BATCH_MAX_REQUESTS
 
 __all__ = [
     "COMPLETION_WINDOW",
@@ -39,10 +40,9 @@ __all__ = [
 
 ENDPOINT = "/v1/embeddings"
 COMPLETION_WINDOW = "24h"
-MAX_REQUESTS_PER_BATCH = 50_000
-MAX_INPUTS_PER_BATCH = 50_000
-MAX_FILE_BYTES = 200_000_000
-"""200 MB, counted in the smaller (decimal) megabytes."""
+MAX_REQUESTS_PER_BATCH = BATCH_MAX_REQUESTS
+MAX_INPUTS_PER_BATCH = BATCH_MAX_INPUTS
+MAX_FILE_BYTES = BATCH_MAX_FILE_BYTES
 
 _HEAD = b'{"custom_id":"'
 _TAIL = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
