@@ -93,7 +93,7 @@ BATCH_MAX_FILE_BYTES = 200_000_000
 BATCH_QUEUE_TOKENS = 3_000_000
 """Default budget of the Batch API's enqueued-token queue: the tokens of an account's batches
 not yet finished, per model. 3,000,000 is the usage-tier-1 figure for text-embedding-3-small
-(higher tiers raise it, e.g. to hundreds of millions); a batch that would pass it is accepted
+(higher tiers raise it); a batch that would pass it is accepted
 and then fails with ``token_limit_exceeded``. Starting from the lowest tier's figure costs a
 tier-5 account only more, smaller batches; starting higher costs a tier-1 account refusals.
 Set it (``max_enqueued_tokens``, ``--batch-queue-tokens``) to your account's figure."""
