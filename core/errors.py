@@ -28,6 +28,8 @@ __all__ = [
     "StoreError",
     "RequestTooLargeError",
     "MisalignedResponseError",
+    "JobFolderError",
+    "BatchQueueStalledError",
 ]
 
 
@@ -164,3 +166,24 @@ class IngestInterrupted(KeyboardInterrupt):
     def __init__(self, report: dict[str, Any]) -> None:
         super().__init__(f"interrupted after storing {report['success_count']} sections")
         self.report = report
+
+
+class JobFolderError(ConfigurationError):
+    """A Batch API job folder cannot be used: it is a file, read-only, or cannot be made.
+
+    Raised when the job is opened, before anything is uploaded or paid for; the
+    message names the folder and the reason. Fix the path or its permissions.
+    """
+
+
+class BatchQueueStalledError(CoreError):
+    """The Batch API refused every batch of the job for a long time (its enqueued-token queue
+    stayed full): the run stops with the job saved; running it again continues from there.
+
+    Attributes:
+        waited: Seconds waited without any batch accepted or collected.
+    """
+
+    def __init__(self, message: str, *, waited: float) -> None:
+        self.waited = waited
+        super().__init__(message)

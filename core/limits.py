@@ -82,3 +82,43 @@ SYNC_LOCK_TTL_SECONDS = 600
 it expires this long after it was last renewed (each window renews it), so a killed run's lock frees."""
 POSTGRES_MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""
+
+# --- The Batch API ---------------------------------------------------------------------
+BATCH_MAX_REQUESTS = 50_000
+"""Requests (lines) in one batch input file: the Batch API's documented cap."""
+BATCH_MAX_INPUTS = 50_000
+"""Embedding inputs across all requests of one batch: the cap the API applies to embeddings batches."""
+BATCH_MAX_FILE_BYTES = 200_000_000
+"""Size of one batch input file: 200 MB, counted in the smaller (decimal) megabytes."""
+BATCH_QUEUE_TOKENS = 3_000_000
+"""Default budget of the Batch API's enqueued-token queue: the tokens of an account's batches
+not yet finished, per model. 3,000,000 is the usage-tier-1 figure for text-embedding-3-small
+(higher tiers raise it); a batch that would pass it is accepted
+and then fails with ``token_limit_exceeded``. Starting from the lowest tier's figure costs a
+tier-5 account only more, smaller batches; starting higher costs a tier-1 account refusals.
+Set it (``max_enqueued_tokens``, ``--batch-queue-tokens``) to your account's figure."""
+BATCH_QUEUE_SHARES = 2
+"""Batches are built to 1/2 of the queue budget: one runs while the next is validated (and
+the one before is collected), so the queue never stands empty between two batches."""
+BATCH_QUEUE_MIN_TOKENS = 20_000
+"""A learned budget is never halved below this (a few requests' worth): below it, a refusal
+means the account's other work holds the queue, and the job waits for it instead."""
+BATCH_REQUEST_SHARE = 4
+"""A request line carries at most 1/4 of a batch's tokens (and never more than the API's
+300,000), so a queue of 500,000 tokens still holds two batches of two lines each."""
+BATCH_REFUSAL_BACKOFF = 60.0
+"""Seconds before a batch refused for the queue is submitted again; doubles with each
+refusal in a row (a batch takes minutes to validate and run: polling faster buys nothing)."""
+BATCH_MAX_REFUSAL_BACKOFF = 1800.0
+"""Cap on that wait: 30 minutes, so a queue that frees is used within half an hour."""
+BATCH_RELEASE_LAG_START = 30.0
+"""First guess of the release lag (time after a batch ends before the API frees its tokens),
+taken when a batch is refused right after one of the job's ended; doubles while refusals
+still follow ends (users report a lag of seconds to a minute)."""
+BATCH_MAX_RELEASE_LAG = 3600.0
+"""Cap on the learned release lag (time after a batch ends before the API frees its tokens;
+users report seconds to minutes)."""
+BATCH_STALL_SECONDS = 86_400.0
+"""A run whose batches are refused for this long with nothing accepted or collected stops
+(the job stays resumable): every batch in the queue ends within its 24-hour completion
+window, so a queue still full after one window is not freeing for this job."""

@@ -12,7 +12,10 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 
-__all__ = ["MASK", "KEY_PATTERN", "redact", "redact_dsn", "dsn_passwords", "scrub_dsn", "Scrubber"]
+__all__ = [
+    "MASK", "KEY_PATTERN", "redact", "redact_dsn", "dsn_passwords", "scrub_dsn", "strip_url_userinfo", "url_passwords",
+    "Scrubber",
+]
 
 MASK = "***"
 
@@ -34,6 +37,31 @@ def redact(text: str, *secrets: str | None) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return KEY_PATTERN.sub(MASK, text)
+
+
+def strip_url_userinfo(url: str) -> str:
+    """`url` without its ``user:password@`` part (scheme, host, port, path, query kept).
+
+    ``http://user:pw@host:8080/v1`` -> ``http://host:8080/v1``. A URL that has no
+    userinfo, or that cannot be parsed, comes back unchanged, except that anything
+    before an ``@`` in its authority is dropped all the same.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return re.sub(r"(?<=//)[^/@?#\s]*@", "", url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password in `url`'s userinfo, as written and percent-decoded (to mask wherever it shows up)."""
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return []
+    return sorted({p for p in (password, urllib.parse.unquote(password or "")) if p}, key=len, reverse=True)
 
 
 def _is_uri(dsn: str) -> bool:

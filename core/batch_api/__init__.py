@@ -10,13 +10,15 @@ where a crash, a kill or an expired batch left it, and never submits a section t
 Modules, one job each: `files` (request lines, splitting within limits), `job`
 (the resumable state), `prepare` (sections into batch files), `remote` (the API
 calls), `runner` (submit, poll, resubmit), `collect` (answers into rows), `online`
-(``--finish-online``), `batch_job` (`BatchJob`, `estimate`).
+(``--finish-online``), `queue` (the enqueued-token budget, learned from refusals),
+`batch_job` (`BatchJob`, `estimate`), `plan` (`plan_batches`: the dry run's plan).
 """
 
 from __future__ import annotations
 
 from .batch_job import BatchJob, estimate
 from .files import ENDPOINT, BatchLimits
+from .plan import plan_batches
 from .runner import Polling
 
-__all__ = ["ENDPOINT", "BatchJob", "BatchLimits", "Polling", "estimate"]
+__all__ = ["ENDPOINT", "BatchJob", "BatchLimits", "Polling", "estimate", "plan_batches"]

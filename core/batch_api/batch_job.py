@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,13 +22,15 @@ from typing import Any
 from ..errors import CoreError
 from ..stores.ingest import IngestInterrupted, check_ingest_args
 from ..engine.ingest_run import IngestProgress, IngestRun
-from ..limits import INGEST_WINDOW, model_dimensions
+from ..limits import BATCH_STALL_SECONDS, INGEST_WINDOW, model_dimensions
+from ..secrets import strip_url_userinfo
 from .collect import Collector
 from .files import ENDPOINT, BatchFile, BatchLimits, BatchWriter
 from .job import JobStore
 from .online import OnlineStats
 from .online import finish_online as retry_online
 from .prepare import Preparer, Tracked
+from .queue import QueueBudget, check_queue_tokens, request_tokens
 from .remote import Remote
 from .runner import Polling, Runner
 
@@ -49,7 +52,10 @@ class BatchJob:
         limits: A batch's caps (the API's by default).
         polling: How often to look at batches in flight.
         max_attempts: Submissions of one request before it fails for good (expired, cancelled, 5xx...).
-        max_enqueued_tokens: Tokens in flight at once, if the account's enqueued-token limit is known.
+        max_enqueued_tokens: The account's enqueued-token limit for the model, if known: the tokens of the
+            job's batches in the queue at once, every batch built to a share of it. None: what the job
+            learned from refusals, else `core.limits.BATCH_QUEUE_TOKENS` (tier 1), halved on each refusal.
+        stall_seconds: Waiting with every batch refused after which `run` stops (the job resumable).
         cleanup: Delete the job's files on the API once their batch is collected.
         skip_unchanged: Skip sections stored with the same content hash and model.
         window: Sections validated and looked up at a time.
@@ -69,6 +75,7 @@ class BatchJob:
         polling: Polling = DEFAULT_POLLING,
         max_attempts: int = 5,
         max_enqueued_tokens: int | None = None,
+        stall_seconds: float = BATCH_STALL_SECONDS,
         cleanup: bool = True,
         skip_unchanged: bool = True,
         window: int = INGEST_WINDOW,
@@ -85,7 +92,8 @@ class BatchJob:
         self.limits = limits
         self.polling = polling
         self.max_attempts = max_attempts
-        self.max_enqueued_tokens = max_enqueued_tokens
+        self.max_enqueued_tokens = check_queue_tokens(max_enqueued_tokens)
+        self.stall_seconds = stall_seconds
         self.cleanup = cleanup
         self.skip_unchanged = skip_unchanged
         self.window = window
@@ -96,10 +104,14 @@ class BatchJob:
         self.model = str(service.model)
 
     def identity(self) -> dict[str, Any]:
-        """What the job's batches are made with: a job is only continued with the same."""
+        """What the job's batches are made with: a job is only continued with the same.
+
+        The endpoint's URL is kept without its ``user:password@`` (the job folder never holds a credential).
+        """
+        base_url = getattr(self.service, "base_url", None)
         return {"model": self.model, "dimensions": getattr(self.service, "dimensions", None),
                 "encoding_format": getattr(self.service, "encoding_format", "base64"), "endpoint": ENDPOINT,
-                "base_url": getattr(self.service, "base_url", None)}
+                "base_url": strip_url_userinfo(str(base_url)) if base_url else None}
 
     def _timestamp(self) -> str:
         stamp = getattr(self.store, "_timestamp", None)
@@ -119,23 +131,28 @@ class BatchJob:
             (sections still in batches) and ``batch`` (the job's figures).
 
         Raises:
+            JobFolderError: The job folder is a file, read-only or cannot be made (before anything is paid for).
             ConfigurationError: The job folder is in use, or was made with other settings.
+            BatchQueueStalledError: Every batch was refused for the queue for `stall_seconds`; carries
+                ``report``; the job is saved, run again.
             StoreError, EndpointError, EmbeddingAPIError: Carry ``report``; the job is saved, run again.
             IngestInterrupted: Ctrl-C; carries ``report``; the job is saved, run again to continue.
         """
         with JobStore(self.directory, self.identity()) as job:
             run = IngestRun(self.model, self.progress)
             remote = Remote(self.service, self.sleep)
-            writer = BatchWriter(job.directory, self.limits, job.new_key,
-                                 lambda done: job.add_batch(done.as_entry(), done.origins))
-            prep = Preparer(run, self.service, self.store, writer, job=job, batch_size=self.batch_size,
-                            skip_unchanged=self.skip_unchanged, plan_window=self.limits.inputs)
             dimensions = model_dimensions(self.model, getattr(self.service, "dimensions", None))
             collector = Collector(job, self.store, remote, model=self.model, dimensions=dimensions,
                                   timestamp=self._timestamp, on_status=self.on_status)
             runner = Runner(job, remote, collector, limits=self.limits, polling=self.polling,
                             max_attempts=self.max_attempts, max_enqueued_tokens=self.max_enqueued_tokens,
-                            cleanup=self.cleanup, sleep=self.sleep, clock=self.clock, on_status=self.on_status)
+                            stall_seconds=self.stall_seconds, cleanup=self.cleanup, sleep=self.sleep,
+                            clock=self.clock, on_status=self.on_status)
+            writer = BatchWriter(job.directory, runner.batch_limits(), job.new_key,
+                                 lambda done: job.add_batch(done.as_entry(), done.origins))
+            prep = Preparer(run, self.service, self.store, writer, job=job, batch_size=self.batch_size,
+                            skip_unchanged=self.skip_unchanged, plan_window=self.limits.inputs,
+                            request_tokens=request_tokens(runner.queue.budget))
             started = self.clock()
             online = OnlineStats()
             parts = (job, run, prep, collector, runner, online, remote)
@@ -172,7 +189,9 @@ class BatchJob:
         report["batch"] = {
             "job": str(job.directory), "job_id": job.job_id, "batches": len(job.batches),
             "files_written": prep.writer.files, "requests_written": prep.requests, "tokens_written": prep.tokens,
-            "batches_submitted": runner.submitted, "polls": runner.polls, "api_calls": remote.calls,
+            "batches_submitted": runner.submitted, "batches_refused": runner.refused, "polls": runner.polls,
+            "api_calls": remote.calls, "queue_budget": runner.queue.budget,
+            "release_lag_seconds": runner.queue.release_lag,
             "rows_written": stats.rows_written, "lines_stored": stats.lines_stored,
             "lines_failed": stats.lines_failed, "lines_retried": stats.lines_retried,
             "unknown_lines": stats.unknown_lines, "changed_in_flight": prep.tracked.changed_in_flight,
@@ -228,18 +247,24 @@ def estimate(
     batch_size: int = 2048,
     limits: BatchLimits = DEFAULT_LIMITS,
     window: int = INGEST_WINDOW,
+    max_enqueued_tokens: int | None = None,
 ) -> dict[str, Any]:
     """What a Batch API ingest of `sections` would submit — batches, requests, tokens, bytes — with no I/O.
 
-    The same validation, planning and file splitting as `BatchJob.run`, writing nothing;
-    every valid section counts as new (no store is asked what it holds).
+    The same validation, planning and file splitting as `BatchJob.run` (batches built to a
+    share of the queue budget: `max_enqueued_tokens`, else the tier-1 default), writing
+    nothing; every valid section counts as new (no store is asked what it holds).
+    ``batch_tokens`` lists each batch's tokens, in order; ``queue_budget`` is the budget used.
     """
+    queue = QueueBudget({}, check_queue_tokens(max_enqueued_tokens))
+    batch_limits = replace(limits, tokens=queue.batch_tokens() if limits.tokens is None
+                           else min(limits.tokens, queue.batch_tokens()))
     run = IngestRun(str(service.model))
     files: list[BatchFile] = []
     keys = itertools.count(1)
-    writer = BatchWriter(None, limits, lambda: f"b{next(keys):06d}", files.append)
+    writer = BatchWriter(None, batch_limits, lambda: f"b{next(keys):06d}", files.append)
     prep = Preparer(run, service, None, writer, job=None, batch_size=batch_size, skip_unchanged=False,
-                    plan_window=limits.inputs)
+                    plan_window=limits.inputs, request_tokens=request_tokens(queue.budget))
     prep.feed(sections, window)
     prep.finish()
     report = run.report()
@@ -248,4 +273,6 @@ def estimate(
         "failures": report["failures"], "batches": len(files), "requests": sum(f.lines for f in files),
         "inputs": sum(f.inputs for f in files), "tokens": sum(f.tokens for f in files),
         "bytes": sum(f.bytes for f in files), "largest_file_bytes": max((f.bytes for f in files), default=0),
+        "batch_tokens": [f.tokens for f in files], "queue_budget": queue.budget,
+        "batch_token_cap": batch_limits.tokens,
     }

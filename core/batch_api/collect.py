@@ -14,8 +14,13 @@ What becomes of a line:
 - not run because the batch expired or was cancelled, answered 408/409/429/5xx,
   misaligned, or missing from both files: ``retry`` (resubmitted in a new batch);
 - any other error (a 400...): ``failed``, with the API's reason;
-- a batch that failed validation: lines it names fail with the API's message; the
-  others are resubmitted; all of them when the enqueued-token limit was reached.
+- a batch that failed validation, by kind of error (`QUEUE_FULL`, `RESHAPE`, `NO_RETRY`):
+  lines it names fail with the API's message and the others go again (free: they
+  never ran); ``token_limit_exceeded`` sends every line again, free, once the queue
+  has room (`queue.QueueBudget` learns from it); a batch too big in another way
+  (``too_many_tasks``...) goes again in halves; an error no retry can fix
+  (``model_mismatch``...) fails every line with the API's reason; any other
+  error sends the lines again later (an attempt each).
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ __all__ = ["QUEUE_FULL", "CollectStats", "Collector"]
 
 NOT_RUN = ("batch_expired", "batch_cancelled")
 QUEUE_FULL = "token_limit_exceeded"
+"""The account's enqueued-token queue has no room for the batch: a later (or smaller) batch passes."""
+RESHAPE = frozenset({"too_many_tasks", "too_many_requests", "too_many_inputs", "file_too_large"})
+"""The batch is too big for the API in another way: halves of it pass."""
+NO_RETRY = frozenset({"model_mismatch", "url_mismatch", "mismatched_model", "mismatched_endpoint", "invalid_method",
+                      "invalid_json_line", "duplicate_custom_id", "empty_file", "missing_required_parameter",
+                      "invalid_body", "invalid_request", "model_not_found", "invalid_model"})
+"""Errors of the batch's contents that the same requests would meet again: their lines fail."""
 WRITE_CHUNK = 2048
 """Rows per `write_rows` call (one output line carries up to 2048 inputs)."""
 
@@ -90,10 +102,10 @@ class Collector:
         self.on_status = on_status
         self.stats = CollectStats()
 
-    def collect(self, entry: dict[str, Any], batch: Any, *, others_in_flight: bool) -> None:
+    def collect(self, entry: dict[str, Any], batch: Any) -> None:
         """Settle every line of `entry`, whose API batch `batch` ended (completed, expired, cancelled, failed)."""
         if batch.status == "failed":
-            self._failed(entry, batch, others_in_flight)
+            self._failed(entry, batch)
         else:
             manifest = {line["line"]: line for line in self.job.manifest(entry["key"])}
             for attribute, kind in (("output_file_id", "output"), ("error_file_id", "errors")):
@@ -202,28 +214,39 @@ class Collector:
         self.stats.lines_failed += 1
 
     # --- a batch that failed ----------------------------------------------------------------
-    def _failed(self, entry: dict[str, Any], batch: Any, others_in_flight: bool) -> None:
+    def _failed(self, entry: dict[str, Any], batch: Any) -> None:
         errors = list(getattr(getattr(batch, "errors", None), "data", None) or [])
-        by_line = {int(e.line) - 1: e for e in errors if getattr(e, "line", None)}
-        general = [e for e in errors if not getattr(e, "line", None)]
-        queue_full = next((e for e in general if e.code == QUEUE_FULL), None)
+        by_line: dict[int, Any] = {}
+        general = []
+        for error in errors:
+            line = getattr(error, "line", None)
+            if isinstance(line, int) and 1 <= line <= int(entry["lines"]):
+                by_line.setdefault(line - 1, error)
+            else:
+                general.append(error)
+        codes = {str(getattr(e, "code", None) or "") for e in general}
         where = f"batch {entry.get('batch_id')}"
+        first = general[0] if general else None
+        why = f"{getattr(first, 'code', None) or 'batch_failed'}: {getattr(first, 'message', None)} ({where})"
         for line in sorted(self.job.open_lines(entry)):
-            if queue_full is not None:
-                # Not this request's fault: it goes again once the queue drains (free while
-                # other batches of the job hold the queue; counted when it was alone).
-                self._retry(entry, line, QUEUE_FULL, f"{QUEUE_FULL}: {queue_full.message} ({where})",
-                            counts=not others_in_flight)
-            elif line in by_line:
+            if line in by_line:
                 error = by_line[line]
                 self._fail(entry, line, str(error.code or "invalid_request"),
-                           f"the batch failed validation: {error.message} ({where}, line {line + 1})")
+                           f"the batch failed validation: {error.code}: {error.message} ({where}, line {line + 1})")
+            elif QUEUE_FULL in codes:  # not these requests' fault: they go once the queue has room
+                self._retry(entry, line, QUEUE_FULL, why, counts=False)
+            elif codes & NO_RETRY:
+                code = sorted(codes & NO_RETRY)[0]
+                error = next(e for e in general if e.code == code)
+                self._fail(entry, line, code, f"the batch failed validation: {code}: {error.message} ({where})")
+            elif codes & RESHAPE:
+                self._retry(entry, line, sorted(codes & RESHAPE)[0], f"the batch was too big: {why}")
             elif general:
-                self._fail(entry, line, str(general[0].code or "batch_failed"),
-                           f"the batch failed: {general[0].message} ({where})")
-            else:
-                self._retry(entry, line, "batch_failed", f"the batch failed because of other requests ({where})")
-        if queue_full is not None:
+                self._retry(entry, line, str(first.code or "batch_failed"), f"the batch failed: {why}")
+            else:  # only other lines were named: these never ran
+                self._retry(entry, line, "batch_failed", f"the batch failed because of other requests ({where})",
+                            counts=False)
+        if QUEUE_FULL in codes:
             entry["queue_full"] = True
-            if self.on_status is not None:
-                self.on_status(f"{entry['key']}: the enqueued-token limit is reached; resubmitting after the queue drains")
+        elif codes & RESHAPE:
+            entry["reshape"] = True

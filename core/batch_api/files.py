@@ -3,7 +3,9 @@
 A `BatchWriter` takes request lines one by one (each already packed by the
 embedding plan: <= 2048 inputs, <= 300,000 tokens) and starts a new batch file
 before any of the Batch API's limits would be crossed: 50,000 requests per batch,
-200 MB per file, and for embeddings 50,000 inputs across all requests of a batch.
+200 MB per file, and for embeddings 50,000 inputs across all requests of a batch;
+and before the batch's share of the enqueued-token budget (`BatchLimits.tokens`).
+A line with more tokens than that share goes alone in its batch.
 Beside each requests file it writes a manifest: for every line, which sections it
 carries (id, content hash, tokens, title, position of its input in the request).
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ConfigurationError
+from ..limits import BATCH_MAX_FILE_BYTES, BATCH_MAX_INPUTS, BATCH_MAX_REQUESTS
 
 __all__ = [
     "COMPLETION_WINDOW",
@@ -37,10 +40,9 @@ __all__ = [
 
 ENDPOINT = "/v1/embeddings"
 COMPLETION_WINDOW = "24h"
-MAX_REQUESTS_PER_BATCH = 50_000
-MAX_INPUTS_PER_BATCH = 50_000
-MAX_FILE_BYTES = 200_000_000
-"""200 MB, counted in the smaller (decimal) megabytes."""
+MAX_REQUESTS_PER_BATCH = BATCH_MAX_REQUESTS
+MAX_INPUTS_PER_BATCH = BATCH_MAX_INPUTS
+MAX_FILE_BYTES = BATCH_MAX_FILE_BYTES
 
 _HEAD = b'{"custom_id":"'
 _TAIL = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
@@ -48,15 +50,19 @@ _TAIL = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """The Batch API's caps on one batch (smaller values are for tests)."""
+    """The caps on one batch: the Batch API's (smaller values are for tests), and `tokens`, the
+    share of the enqueued-token budget one batch may take (None: no token cap)."""
 
     requests: int = MAX_REQUESTS_PER_BATCH
     inputs: int = MAX_INPUTS_PER_BATCH
     bytes: int = MAX_FILE_BYTES
+    tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("requests", "inputs", "bytes"):
+        for name in ("requests", "inputs", "bytes", "tokens"):
             value = getattr(self, name)
+            if name == "tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"batch limit {name!r} must be an integer >= 1, not {value!r}")
         if self.requests > 99_999:
@@ -159,6 +165,7 @@ class BatchWriter:
             current.lines + 1 > self.limits.requests
             or current.inputs + inputs > self.limits.inputs
             or current.bytes + size > self.limits.bytes
+            or (self.limits.tokens is not None and current.tokens + tokens > self.limits.tokens)
         ):
             self.finish()
         if self.current is None:

@@ -11,6 +11,9 @@ sets are kept as ranges (``"0-24,31"``), failed and retry lines as
 ``{line: {"code", "reason"}}``; sections whose row the store refused as
 ``store_failed`` ``{id: reason}``. Which sections a line carries is in the
 batch's manifest (``<key>.manifest.jsonl``, written once, before the upload).
+``queue`` holds what the job learned of the enqueued-token queue (`queue.QueueBudget`:
+the budget, the release lag, the refusals). The endpoint's URL is kept without its
+``user:password@``: the folder never holds a credential.
 
 One process at a time: the job directory is locked (``flock`` on ``job.lock``;
 the lock dies with the process, so a killed run never blocks the next one).
@@ -29,7 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, JobFolderError
+from ..secrets import strip_url_userinfo
 
 __all__ = ["JOB_FORMAT", "LINE_STATES", "JobStore", "SectionIndex", "format_lines", "parse_lines"]
 
@@ -105,14 +109,15 @@ class JobStore:
             made with other settings is refused, its batches would not match.
 
     Raises:
+        JobFolderError: The folder is a file, cannot be made, or cannot be written (checked before
+            anything else: nothing is uploaded or paid for with a job that could not be saved).
         ConfigurationError: Another process holds the job, or it was made with other settings.
     """
 
     def __init__(self, directory: str | os.PathLike[str], identity: dict[str, Any]) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "job.json"
-        self._lock = open(self.directory / "job.lock", "a+")  # noqa: SIM115 - held while the job is open
+        self._lock = self._open_folder()
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -124,6 +129,22 @@ class JobStore:
             self.close()
             raise
         self.next_key = int(self.data["next_batch"])
+
+    def _open_folder(self) -> Any:
+        """Make the folder, check that files can be written in it, and open its lock file."""
+        where = f"the batch job folder {self.directory}"
+        if self.directory.exists() and not self.directory.is_dir():
+            raise JobFolderError(f"{where} is a file, not a folder: pass another --job-dir (or move the file)")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return open(self.directory / "job.lock", "a+")  # noqa: SIM115 - held while the job is open
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise JobFolderError(f"{where} cannot be written ({reason}): make it writable or pass another "
+                                 "--job-dir") from None
 
     def _load(self, identity: dict[str, Any]) -> dict[str, Any]:
         if not self.path.exists():
@@ -137,6 +158,8 @@ class JobStore:
             raise ConfigurationError(f"cannot read the batch job {self.path}: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
             raise ConfigurationError(f"{self.path} is not a batch job file of format {JOB_FORMAT}")
+        if isinstance(data.get("base_url"), str):  # a job written before URLs were kept without a credential
+            data["base_url"] = strip_url_userinfo(data["base_url"])
         for name, value in identity.items():
             if data.get(name) != value:
                 raise ConfigurationError(

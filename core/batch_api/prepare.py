@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.plan import Request
+from ..engine.plan import EmbedPlan, Request
 from ..stores.ingest import stored_hashes, windows
 from ..engine.ingest_run import IngestRun, Pending, Window
 from ..limits import INGEST_WINDOW, model_dimensions
@@ -66,6 +66,7 @@ class Preparer:
         batch_size: Inputs per request (<= 2048).
         skip_unchanged: Skip sections stored with the same hash and model.
         plan_window: Texts planned together (a batch's input cap: requests of one plan fill batches whole).
+        request_tokens: Tokens one request may carry (a share of the queue budget; None: the service's cap).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Preparer:
         batch_size: int,
         skip_unchanged: bool = True,
         plan_window: int = 50_000,
+        request_tokens: int | None = None,
     ) -> None:
         self.run = run
         self.service = service
@@ -88,6 +90,8 @@ class Preparer:
         self.batch_size = batch_size
         self.skip_unchanged = skip_unchanged and store is not None
         self.plan_window = plan_window
+        cap = int(service.max_tokens_per_request)
+        self.request_tokens = cap if request_tokens is None else min(cap, request_tokens)
         self.tracked = Tracked()
         self.index: SectionIndex | None = job.index() if job is not None else None
         self._states: dict[int, dict[str, set[int]]] = {}
@@ -157,7 +161,10 @@ class Preparer:
     # --- planning -------------------------------------------------------------------------
     def _flush(self) -> None:
         items, self._pending = self._pending[: self.plan_window], self._pending[self.plan_window :]
-        plan = self.service.plan([item.text for item in items], max_batch_size=self.batch_size, paced=False)
+        service = self.service  # the engine's plan, with requests sized to the queue budget (never paced)
+        plan = EmbedPlan([item.text for item in items], max_inputs=self.batch_size,
+                         max_tokens_per_request=self.request_tokens,
+                         max_tokens_per_input=service.max_tokens_per_input, truncate=service.truncate)
         for position, reason in plan.errors.items():  # not sendable (too long...): fails alone, as online
             item = items[position]
             self.run.fail(item.index, item.section_id, "embedding_failed", f"embedding failed: {reason}")

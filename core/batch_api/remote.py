@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..engine.attempts import is_endpoint_problem
 from ..errors import EmbeddingAPIError, EndpointError
+from ..secrets import redact, strip_url_userinfo, url_passwords
 from ..engine.retry import (
     RetryPolicy,
     call_with_retries,
@@ -46,7 +47,10 @@ class Remote:
     def __init__(self, service: Any, sleep: Callable[[float], Any] = time.sleep) -> None:
         self.client = service.client
         self.attempts = service.attempts
-        self.base_url = getattr(service, "base_url", None)
+        url = getattr(service, "base_url", None)
+        self.base_url = strip_url_userinfo(str(url)) if url else None
+        """The endpoint for messages: without a ``user:password@`` (httpx sends it as Basic auth)."""
+        self._credentials = url_passwords(str(url)) if url else []
         self.policy = RetryPolicy(max_retries=int(getattr(service, "max_retries", 6)), retryable=should_retry)
         self.sleep = sleep
         self.calls = 0
@@ -59,7 +63,7 @@ class Remote:
         try:
             return call_with_retries(attempt, policy or self.policy, sleep=self.sleep)
         except Exception as exc:
-            described = self.attempts.describe(exc)
+            described = redact(self.attempts.describe(exc), *self._credentials)
             if is_endpoint_problem(exc):
                 raise EndpointError(
                     f"the Batch API at {self.base_url or 'https://api.openai.com/v1'} cannot be used ({doing}): "

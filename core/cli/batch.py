@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import pricing
-from ..errors import CoreError
+from ..errors import CoreError, JobFolderError
 from .console import Note, warn
-from .parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, UsageError
+from .parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, UsageError, _positive_int
 from .sources import Source, open_records
 
 __all__ = ["add_options", "check", "dry_run", "ingest", "job_dir"]
@@ -54,6 +54,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--job-dir", metavar="DIR",
                        help=f"with --batch-api: the job folder (default: <FILE stem>{JOB_SUFFIX} next to FILE)")
+    group.add_argument("--batch-queue-tokens", type=_positive_int, default=None, metavar="N",
+                       help="with --batch-api: your account's enqueued-token limit for the model (the Batch API's "
+                       "queue; see your limits page): batches are built to fit it and go as it frees (default: "
+                       "what the job learned, else 3,000,000, the tier-1 figure, halved on each refusal)")
     group.add_argument("--poll-interval", type=_seconds, default=10.0, metavar="SECONDS",
                        help="with --batch-api: first wait between looks at the batches; it grows to 5 minutes "
                        "while nothing moves (default: %(default)s)")
@@ -62,8 +66,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace, source: Source) -> None:
     """Options that do not go together, refused before anything starts."""
     if not args.batch_api:
-        if args.finish_online or args.job_dir:
-            raise UsageError("--finish-online and --job-dir go with --batch-api")
+        if args.finish_online or args.job_dir or args.batch_queue_tokens is not None:
+            raise UsageError("--finish-online, --job-dir and --batch-queue-tokens go with --batch-api")
         return
     if source.stdin and not args.job_dir:
         raise UsageError("--batch-api with standard input needs --job-dir (the job folder goes next to FILE otherwise)")
@@ -106,6 +110,7 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
     note(f"Batch API job: {folder}")
     job = BatchJob(
         folder, service, store, batch_size=args.batch_size, skip_unchanged=not args.no_skip,
+        max_enqueued_tokens=args.batch_queue_tokens,
         polling=Polling(interval=args.poll_interval, max_interval=max(300.0, args.poll_interval)), on_status=note,
     )
     # The summary's cost is the batch price: half the standard one (or of --price-per-million).
@@ -115,6 +120,8 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
     except KeyboardInterrupt as exc:
         outcome.interrupted = exc
         outcome.result = dict(getattr(exc, "report", None) or {})
+    except JobFolderError as exc:  # raised before anything was read or sent: nothing to continue
+        raise CliError(str(exc), EXIT_USAGE) from None
     except RUN_STOPPING as exc:
         raise CliError(f"{_stopped(exc)}; {again}", EXIT_USAGE) from None
     except (CoreError, OSError) as exc:  # e.g. the database went away half way
@@ -131,8 +138,9 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
 
 
 def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
-    """Print what a Batch API ingest of `source` would submit and cost; exit 1 when some sections would fail."""
-    from ..batch_api import estimate
+    """Print the plan of a Batch API ingest of `source`: batches, tokens per batch against the queue
+    budget, rounds of the queue, price at the batch rate; exit 1 when some sections would fail."""
+    from ..batch_api import plan_batches
     from ..embed.service import EmbeddingService
 
     counts = {"records": 0, "unreadable": 0}
@@ -149,30 +157,35 @@ def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
     if args.dimensions is not None:
         options["dimensions"] = args.dimensions
     with EmbeddingService(api_key="dry-run", **options) as service:  # never sends anything
-        figures = estimate(sections(), service, batch_size=args.batch_size)
-    codes = [failure["code"] for failure in figures["failures"]]
+        plan = plan_batches(sections(), service, batch_size=args.batch_size,
+                            max_enqueued_tokens=args.batch_queue_tokens, price_per_million=args.price_per_million)
+    codes = [failure["code"] for failure in plan["failures"]]
     too_long = sum(code == "embedding_failed" for code in codes)
     invalid = len(codes) - too_long
     failing = counts["unreadable"] + len(codes)
-    price = _batch_price(args, model)
-    cost = None if price is None else pricing.estimate_cost(figures["tokens"], model, price)
+    price, cost = plan["batch_price_per_million"], plan["cost_usd"]
     if args.json:
         print(json.dumps({
             "dry_run": True, "batch_api": True, "file": source.label, "format": source.fmt, "model": model,
-            "sections": counts["records"], "to_embed": figures["to_embed"], "unreadable": counts["unreadable"],
-            "invalid": invalid, "too_long": too_long, "batches": figures["batches"], "files": figures["batches"],
-            "requests": figures["requests"], "inputs": figures["inputs"], "tokens": figures["tokens"],
-            "bytes": figures["bytes"], "price_per_million_usd": pricing.usd_text(price),
-            "cost_usd": pricing.usd_text(cost),
+            "sections": counts["records"], "to_embed": plan["to_embed"], "unreadable": counts["unreadable"],
+            "invalid": invalid, "too_long": too_long, "batches": plan["batches"], "files": plan["batches"],
+            "requests": plan["requests"], "inputs": plan["inputs"], "tokens": plan["tokens"],
+            "bytes": plan["bytes"], "queue_tokens": plan["queue_budget"], "batch_token_cap": plan["batch_token_cap"],
+            "largest_batch_tokens": plan["largest_batch_tokens"], "queue_rounds": plan["rounds"],
+            "price_per_million_usd": pricing.usd_text(price), "cost_usd": pricing.usd_text(cost),
         }))
         return EXIT_FAILED if failing else EXIT_OK
     print(f"dry run (Batch API): {source.label} ({source.fmt}), model {model}; nothing uploaded, embedded or stored")
     detail = f": {counts['unreadable']:,} unreadable, {invalid:,} invalid, {too_long:,} too long)" if failing else ")"
-    print(f"  sections: {counts['records']:,} ({figures['to_embed']:,} to embed, {failing:,} would fail{detail}")
-    size = f"{figures['bytes'] / 1e6:,.1f} MB" if figures["bytes"] >= 100_000 else f"{figures['bytes']:,} bytes"
-    print(f"  batches: {figures['batches']:,} ({figures['requests']:,} requests, {figures['inputs']:,} inputs, {size}; "
+    print(f"  sections: {counts['records']:,} ({plan['to_embed']:,} to embed, {failing:,} would fail{detail}")
+    size = f"{plan['bytes'] / 1e6:,.1f} MB" if plan["bytes"] >= 100_000 else f"{plan['bytes']:,} bytes"
+    print(f"  batches: {plan['batches']:,} ({plan['requests']:,} requests, {plan['inputs']:,} inputs, {size}; "
           "at most 50,000 requests, 50,000 inputs and 200 MB each)")
-    print(f"  tokens: {figures['tokens']:,} (cl100k_base, exact)")
+    print(f"  tokens: {plan['tokens']:,} (cl100k_base, exact); per batch at most {plan['largest_batch_tokens']:,}, "
+          f"built to {plan['batch_token_cap']:,} (half the queue)")
+    source_of_budget = "--batch-queue-tokens" if args.batch_queue_tokens else "the tier-1 default; set --batch-queue-tokens"
+    print(f"  queue: {plan['queue_budget']:,} enqueued tokens ({source_of_budget}): {plan['rounds']:,} round(s) "
+          "of the queue; each batch goes as the queue frees")
     if cost is None:
         print(f"  cost: unknown (no price for {model}; pass --price-per-million USD)")
     else:

@@ -93,4 +93,77 @@ def test_dry_run_counts_batches_and_the_batch_price(tmp_path, capsys):
 def test_batch_options_without_batch_api_are_refused(tmp_path, capsys):
     file = write_sections(tmp_path / "s.jsonl", 3)
     assert main(["ingest", str(file), "--finish-online"]) == 2
-    assert "--finish-online and --job-dir go with --batch-api" in capsys.readouterr().err
+    assert "--finish-online, --job-dir and --batch-queue-tokens go with --batch-api" in capsys.readouterr().err
+    assert main(["ingest", str(file), "--batch-queue-tokens", "1000"]) == 2
+
+
+def test_dry_run_shows_the_plan_against_the_queue_budget(tmp_path, capsys):
+    file = write_sections(tmp_path / "s.jsonl", 3000)
+    args = ["ingest", str(file), "--dry-run", "--batch-api", "--batch-size", "50"]
+    assert main([*args, "--batch-queue-tokens", "20000", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["queue_tokens"] == 20_000 and figures["batch_token_cap"] == 10_000
+    assert figures["largest_batch_tokens"] <= 10_000 < figures["tokens"]
+    assert figures["batches"] >= figures["tokens"] / 10_000 and figures["queue_rounds"] >= figures["batches"] / 2
+    assert main([*args, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["queue_tokens"] == 3_000_000 and default["batches"] == 1 and default["queue_rounds"] == 1
+    assert main([*args, "--batch-queue-tokens", "20000"]) == 0
+    text = capsys.readouterr().out
+    assert f"batches: {figures['batches']:,}" in text
+    assert f"queue: 20,000 enqueued tokens (--batch-queue-tokens): {figures['queue_rounds']:,} round(s)" in text
+    assert "cost: $" in text and "Batch API's price" in text
+
+
+def test_a_job_folder_that_is_a_file_or_cannot_be_written_stops_with_exit_2_before_anything_is_paid(
+        tmp_path, fake_openai, control, pg_dsn, monkeypatch):
+    file = write_sections(tmp_path / "s.jsonl", 10)
+    blocker = tmp_path / "job-file"
+    blocker.write_text("not a folder")
+    env = clean_env(fake_openai)
+    base = ["ingest", str(file), "--batch-api", "--database-url", pg_dsn, "--dimensions", "64", "--no-index"]
+    for job_dir, says in ((blocker, "is a file, not a folder"), (blocker / "sub", "cannot be written")):
+        done = cli(*base, "--job-dir", str(job_dir), env=env)
+        assert done.returncode == 2, done.stderr
+        errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and says in errors[0] and "run the same command again" not in done.stderr
+        assert "Traceback" not in done.stderr
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
+        from pathlib import Path as RealPath
+
+        write_bytes = RealPath.write_bytes
+
+        def refuse(self, data):
+            if self.parent == readonly:
+                raise PermissionError(13, "Permission denied", str(self))
+            return write_bytes(self, data)
+
+        monkeypatch.setattr(RealPath, "write_bytes", refuse)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    code = main([*base, "--job-dir", str(readonly)])
+    assert code == 2
+    assert control.state()["files"] == 0 and control.state()["batches"] == []  # nothing uploaded
+    readonly.chmod(0o700)
+
+
+def test_a_password_in_the_base_url_never_reaches_the_job_folder_nor_messages(tmp_path, fake_openai, control, pg_dsn):
+    file = write_sections(tmp_path / "s.jsonl", 10)
+    env = clean_env(fake_openai)
+    env["OPENAI_BASE_URL"] = fake_openai.base_url.replace("http://", "http://batchuser:Pw0rdS3cret@")
+    control.configure(in_progress_seconds=1)
+    args = ["ingest", str(file), "--batch-api", "--database-url", pg_dsn, "--dimensions", "64", "--no-index",
+            "--poll-interval", "0.2", "--job-dir", str(tmp_path / "job")]
+    done = cli(*args, env=env)  # httpx sends the userinfo as Basic auth: the local server answers 401
+    assert done.returncode == 2 and "the Batch API at http://127.0.0.1:" in done.stderr, done.stderr
+    assert "Pw0rdS3cret" not in done.stderr + done.stdout and "batchuser" not in done.stderr
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert job["base_url"] == fake_openai.base_url
+    for path in (tmp_path / "job").iterdir():
+        assert b"Pw0rdS3cret" not in path.read_bytes(), path
+    again = cli(*args, env={**env, "OPENAI_BASE_URL": fake_openai.base_url})  # the same job, without the credential
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "job" / "job.json").read_text())["job_id"] == job["job_id"]

@@ -105,7 +105,7 @@ def test_a_batch_walks_the_real_statuses_on_the_servers_clock(client, control):
     assert batch.status == "completed" and batch.error_file_id is None
     assert batch.created_at < batch.in_progress_at < batch.finalizing_at < batch.completed_at
     assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 0)
-    lines = _jsonl(client, batch.output_file_id)
+    lines = sorted(_jsonl(client, batch.output_file_id), key=lambda line: line["custom_id"])
     assert [line["custom_id"] for line in lines] == ["req-0", "req-1", "req-2", "req-3"]
     for line, want in zip(lines, texts):
         assert line["error"] is None and line["response"]["status_code"] == 200
@@ -124,9 +124,10 @@ def test_cancel_keeps_what_was_done_and_reports_the_rest(client, control):
     control.advance(5)
     batch = client.batches.retrieve(batch.id)
     assert batch.status == "cancelled" and batch.cancelled_at is not None
-    assert [line["custom_id"] for line in _jsonl(client, batch.output_file_id)] == ["r0", "r1", "r2"]
+    done = {line["custom_id"] for line in _jsonl(client, batch.output_file_id)}
     errors = _jsonl(client, batch.error_file_id)
-    assert [e["custom_id"] for e in errors] == [f"r{k}" for k in range(3, 10)]
+    assert len(done) == 3 and done | {e["custom_id"] for e in errors} == {f"r{k}" for k in range(10)}
+    assert {e["custom_id"] for e in errors}.isdisjoint(done) and len(errors) == 7
     assert errors[0]["response"] is None and errors[0]["error"]["code"] == "batch_cancelled"
     with pytest.raises(openai.ConflictError, match="status 'cancelled'"):
         client.batches.cancel(batch.id)
@@ -149,14 +150,23 @@ def test_validation_failures_name_their_lines(client, control):
     lines = [_line("a", ["x"]), _line("a", ["y"]), {**_line("c", ["z"]), "url": "/v1/chat/completions"}]
     batch = client.batches.retrieve(_create(client, _upload(client, lines)).id)
     assert batch.status == "failed" and batch.failed_at is not None
-    assert [(e.code, e.line) for e in batch.errors.data] == [("duplicate_custom_id", 2), ("mismatched_endpoint", 3)]
+    assert [(e.code, e.line) for e in batch.errors.data] == [("duplicate_custom_id", 2), ("url_mismatch", 3)]
+    other_model = [_line("a", ["x"]), {**_line("b", ["y"]), "body": {"model": "text-embedding-3-large", "input": ["y"]}},
+                   "not json"]
+    data = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in other_model).encode()
+    batch = client.batches.retrieve(_create(client, client.files.create(file=("m.jsonl", data), purpose="batch").id).id)
+    assert [(e.code, e.line) for e in batch.errors.data] == [("model_mismatch", 2), ("invalid_json_line", 3)]
+    empty = client.files.create(file=("e.jsonl", b"\n"), purpose="batch").id
+    batch = client.batches.retrieve(_create(client, empty).id)
+    assert [(e.code, e.line) for e in batch.errors.data] == [("empty_file", None)]
+    assert batch.output_file_id is None and batch.error_file_id is None
 
 
 def test_the_request_and_input_caps_of_a_batch(client, control):
     control.configure(max_requests_per_batch=2, max_inputs_per_batch=3)
     batch = client.batches.retrieve(_create(client, _upload(client, [_line(f"r{k}", ["a", "b"]) for k in range(3)])).id)
     assert batch.status == "failed"
-    assert {e.code for e in batch.errors.data} == {"too_many_requests", "too_many_inputs"}
+    assert [e.code for e in batch.errors.data] == ["too_many_tasks", "too_many_tasks"]
 
 
 def test_the_enqueued_token_limit_fails_a_batch_until_the_queue_drains(client, control):
@@ -193,3 +203,67 @@ def test_list_pages_newest_first(client, control):
     assert [b.id for b in client.batches.list(limit=2)] == ids[::-1]  # the SDK pages on
     state = control.state()
     assert [b["id"] for b in state["batches"]] == ids and state["files"] >= 1
+
+
+def test_output_lines_come_shuffled_and_a_batch_where_nothing_succeeded_has_no_output_file(client, control):
+    batch = client.batches.retrieve(_create(client, _upload(client, [_line(f"r{k:02d}", [f"t{k}"]) for k in range(40)])).id)
+    order = [line["custom_id"] for line in _jsonl(client, batch.output_file_id)]
+    assert sorted(order) == [f"r{k:02d}" for k in range(40)] and order != sorted(order)
+    assert batch.error_file_id is None  # nothing failed: no error file
+    control.configure(script=[{"line_errors": {"0": {"status": 500}, "1": {"status": 400, "code": "invalid_value"}}}])
+    failed = client.batches.retrieve(_create(client, _upload(client, [_line("a", ["x"]), _line("b", ["y"])])).id)
+    assert failed.status == "completed" and failed.output_file_id is None
+    assert (failed.request_counts.completed, failed.request_counts.failed) == (0, 2)
+    assert {line["response"]["status_code"] for line in _jsonl(client, failed.error_file_id)} == {500, 400}
+
+
+def test_the_queue_counts_unfinished_batches_and_frees_an_ended_one_after_the_release_lag(client, control):
+    control.configure(in_progress_seconds=100, enqueued_token_limit=10, release_lag_seconds=20)
+    first = _create(client, _upload(client, [_line("a", ["one two three four five six"])]))
+    assert client.batches.retrieve(first.id).status == "in_progress"
+    control.advance(100)
+    assert client.batches.retrieve(first.id).status == "completed"
+    early = _create(client, _upload(client, [_line("b", ["seven eight nine ten eleven"])]))
+    refused = client.batches.retrieve(early.id)
+    assert refused.status == "failed" and refused.errors.data[0].code == "token_limit_exceeded"
+    control.advance(20)  # the lag has passed: the first batch's tokens are free
+    later = _create(client, _upload(client, [_line("c", ["seven eight nine ten eleven"])]))
+    assert client.batches.retrieve(later.id).status == "in_progress"
+    state = control.state()
+    assert [b["tokens"] for b in state["batches"]] == [6, 5, 5]
+
+
+def test_a_script_entry_goes_to_the_next_batch_the_queue_accepts(client, control):
+    control.configure(in_progress_seconds=100, enqueued_token_limit=10, script=[{}, {"stop_at": 0.0}])
+    first = _create(client, _upload(client, [_line("a", ["one two three four five six"])]))
+    client.batches.retrieve(first.id)
+    refused = client.batches.retrieve(_create(client, _upload(client, [_line("b", ["seven eight nine ten eleven"])])).id)
+    assert refused.status == "failed"
+    control.advance(100)
+    stalled = _create(client, _upload(client, [_line("c", ["seven eight nine ten eleven"])]))
+    control.advance(200)
+    assert client.batches.retrieve(stalled.id).status == "in_progress"  # scripted to stall: it got the entry
+    control.advance(DAY)
+    assert client.batches.retrieve(stalled.id).status == "expired"
+
+
+def test_transient_line_errors_fail_a_share_of_bodies_once(client, control):
+    control.configure(transient_line_error_rate=0.3)
+    lines = [_line(f"r{k}", [f"text {k}"]) for k in range(200)]
+    first = client.batches.retrieve(_create(client, _upload(client, lines)).id)
+    failed = {line["custom_id"] for line in _jsonl(client, first.error_file_id)}
+    assert 30 <= len(failed) <= 90  # ~30% of 200
+    again = client.batches.retrieve(_create(client, _upload(client, [l for l in lines if l["custom_id"] in failed])).id)
+    assert again.error_file_id is None and again.request_counts.completed == len(failed)
+
+
+def test_a_time_scale_runs_the_batch_clock_faster_without_jumps(client, control):
+    import time as real_time
+
+    before = control.state()["now"]
+    control.configure(time_scale=3600, in_progress_seconds=1800)  # an hour a second
+    batch = _create(client, _upload(client, [_line("a", ["x"])]))
+    real_time.sleep(0.6)
+    after = control.state()["now"]
+    assert 1800 < after - before < 3600 * 5
+    assert client.batches.retrieve(batch.id).status == "completed"

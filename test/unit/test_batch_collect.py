@@ -49,7 +49,7 @@ def test_every_line_gets_its_outcome(job):
     store = MemoryStore()
     collector = _collector(job, {"file-out": output, "file-err": errors}, store)
     entry = job.batches[0]
-    collector.collect(entry, batch("expired", "file-out", "file-err"), others_in_flight=False)
+    collector.collect(entry, batch("expired", "file-out", "file-err"))
     assert entry["state"] == "collected"
     assert job.lines(entry, "stored") == {0, 2}
     assert job.lines(entry, "failed") == {1} and job.lines(entry, "retry") == {3, 4, 5}
@@ -72,7 +72,7 @@ def test_every_line_gets_its_outcome(job):
 def test_a_wrong_width_is_misaligned(job):
     collector = _collector(job, {"o": ok_line("b000001-00002", [[1.0, 2.0]]) + b"\n"}, dimensions=3)
     entry = job.batches[0]
-    collector.collect(entry, batch("completed", "o"), others_in_flight=False)
+    collector.collect(entry, batch("completed", "o"))
     assert "2 dimensions, expected 3" in job.why(entry, "retry", 2)["reason"]
     # lines in neither file are retried too
     assert job.why(entry, "retry", 0)["code"] == "missing"
@@ -83,7 +83,7 @@ def test_rows_the_store_refuses_fail_alone(job):
     store.refuse = {11}
     collector = _collector(job, {"o": ok_line("b000001-00000", [V[0], V[1]]) + b"\n"}, store)
     entry = job.batches[0]
-    collector.collect(entry, batch("completed", "o"), others_in_flight=False)
+    collector.collect(entry, batch("completed", "o"))
     assert 0 in job.lines(entry, "stored") and entry["store_failed"] == {"11": "refused by the test"}
     assert sorted(store.rows) == [0, 12] and collector.stats.rows_written == 2
 
@@ -94,33 +94,43 @@ def test_collecting_again_writes_only_what_is_not_recorded(job):
     job.settle(entry, 0, "stored")  # a run that died after storing line 0
     store = MemoryStore()
     collector = _collector(job, {"o": output}, store)
-    collector.collect(entry, batch("completed", "o"), others_in_flight=False)
+    collector.collect(entry, batch("completed", "o"))
     assert sorted(store.rows) == [20] and job.lines(entry, "stored") == {0, 2}
 
 
-def test_a_batch_that_failed_validation_fails_the_lines_it_names_and_resubmits_the_rest(job):
+def test_a_batch_that_failed_validation_fails_the_lines_it_names_and_resubmits_the_rest_free(job):
     collector = _collector(job, {})
     entry = job.batches[0]
-    collector.collect(entry, batch("failed", errors=[{"code": "invalid_value", "message": "bad", "line": 2}]),
-                      others_in_flight=False)
+    collector.collect(entry, batch("failed", errors=[{"code": "invalid_json_line", "message": "bad", "line": 2}]))
     assert job.lines(entry, "failed") == {1}
-    assert "the batch failed validation: bad" in job.why(entry, "failed", 1)["reason"]
+    assert "the batch failed validation: invalid_json_line: bad" in job.why(entry, "failed", 1)["reason"]
     assert job.lines(entry, "retry") == {0, 2, 3, 4, 5}
+    assert all(why.get("free") for why in entry["retry"].values())  # they never ran: no attempt counted
 
 
-def test_a_full_queue_resubmits_everything_free_while_other_batches_hold_it(job):
+def test_a_full_queue_resubmits_every_line_free_and_marks_the_batch(job):
     collector = _collector(job, {})
     entry = job.batches[0]
-    collector.collect(entry, batch("failed", errors=[{"code": "token_limit_exceeded", "message": "Enqueued token limit"}]),
-                      others_in_flight=True)
+    collector.collect(entry, batch("failed", errors=[{"code": "token_limit_exceeded", "message": "Enqueued token limit"}]))
     assert job.lines(entry, "retry") == set(range(6)) and entry["queue_full"] is True
-    assert all(why.get("free") for why in entry["retry"].values())
+    assert all(why.get("free") for why in entry["retry"].values()) and not job.lines(entry, "failed")
 
 
-def test_a_failed_batch_with_a_general_error_fails_every_line(job):
+def test_an_error_no_retry_can_fix_fails_every_line_with_the_apis_reason(job):
     collector = _collector(job, {})
     entry = job.batches[0]
-    collector.collect(entry, batch("failed", errors=[{"code": "model_not_found", "message": "no such model"}]),
-                      others_in_flight=False)
+    collector.collect(entry, batch("failed", errors=[{"code": "model_mismatch", "message": "one model per batch"}]))
     assert job.lines(entry, "failed") == set(range(6))
-    assert job.why(entry, "failed", 3)["reason"].startswith("the batch failed: no such model")
+    assert job.why(entry, "failed", 3)["reason"].startswith(
+        "the batch failed validation: model_mismatch: one model per batch")
+
+
+def test_a_batch_too_big_goes_again_in_halves_and_an_unknown_error_goes_again_later(job):
+    collector = _collector(job, {})
+    entry = job.batches[0]
+    collector.collect(entry, batch("failed", errors=[{"code": "too_many_tasks", "message": "too many"}]))
+    assert job.lines(entry, "retry") == set(range(6)) and entry["reshape"] is True
+    assert not any(why.get("free") for why in entry["retry"].values())  # bounded by max_attempts
+    other = {**entry, "key": entry["key"], "retry": {}, "reshape": False}
+    collector.collect(other, batch("failed", errors=[{"code": "server_error", "message": "try later"}]))
+    assert job.lines(other, "retry") == set(range(6)) and not other["reshape"]

@@ -115,3 +115,42 @@ def test_the_index_knows_each_sections_latest_submission(tmp_path):
         assert index.find(11) == (int("b" * 16, 16), 0, 0)
         assert index.find(12) == (int("c" * 16, 16), 1, 0)  # the moved line no longer counts
         assert index.find(13) is None
+
+
+def test_a_url_keeps_its_host_port_and_path_without_its_userinfo():
+    from core.secrets import strip_url_userinfo, url_passwords
+
+    assert strip_url_userinfo("http://user:pw@host:8080/v1?x=1") == "http://host:8080/v1?x=1"
+    assert strip_url_userinfo("https://u%40x:p%3Aw@api.example.com/v1") == "https://api.example.com/v1"
+    assert strip_url_userinfo("http://host/v1") == "http://host/v1"
+    assert strip_url_userinfo("http://[::1]:9/v1") == "http://[::1]:9/v1"
+    assert url_passwords("http://u:p%3Aw0rd@h/v1") == ["p%3Aw0rd", "p:w0rd"]
+
+
+def test_the_job_identity_holds_no_credential_and_an_old_job_with_one_continues(tmp_path):
+    from types import SimpleNamespace
+
+    from core.batch_api import BatchJob
+
+    service = SimpleNamespace(model="text-embedding-3-small", dimensions=None, encoding_format="base64",
+                              base_url="http://user:S3cretPw@127.0.0.1:9/v1")
+    identity = BatchJob(tmp_path / "job", service, None).identity()
+    assert identity["base_url"] == "http://127.0.0.1:9/v1"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "job.json").write_text(json.dumps({
+        "format": 1, "job_id": "j1", **identity, "base_url": "http://user:S3cretPw@127.0.0.1:9/v1", "next_batch": 1,
+        "batches": []}))
+    with JobStore(tmp_path / "old", identity) as job:
+        job.save()
+    assert "S3cretPw" not in (tmp_path / "old" / "job.json").read_text()
+
+
+def test_a_job_folder_that_is_a_file_or_under_a_file_is_a_typed_error_naming_it(tmp_path):
+    from core.errors import JobFolderError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(JobFolderError, match=r"f is a file, not a folder"):
+        JobStore(tmp_path / "f", IDENTITY)
+    with pytest.raises(JobFolderError, match=r"cannot be written \(Not a directory\)"):
+        JobStore(tmp_path / "f" / "job", IDENTITY)
+    assert isinstance(JobFolderError("x"), ConfigurationError)

@@ -154,3 +154,27 @@ def test_the_batch_price_is_half_the_standard_price():
     assert pricing.batch_cost(1_000_000, MODEL) == Decimal("0.01")
     assert pricing.batch_cost(2_000_000, "unknown-model") is None
     assert pricing.batch_cost(1_000_000, "unknown-model", "0.4") == Decimal("0.2")
+
+
+def test_a_refusal_lowers_the_budget_and_prepared_batches_too_big_for_it_are_split_before_they_go(tmp_path):
+    with _job(tmp_path, batches=3, lines=4, tokens=100_000) as job:  # 3 batches of 400,000 tokens
+        remote = StubRemote()
+        runner, _ = _runner(job, remote, max_enqueued_tokens=800_000)
+        runner.run(wait=False)
+        assert [b["state"] for b in job.batches] == ["submitted", "submitted", "prepared"]
+        refused = remote.batches["batch_2"]
+        refused.status = "failed"
+        refused.errors = SimpleNamespace(data=[SimpleNamespace(code="token_limit_exceeded", message="full", line=None)])
+        remote.batches["batch_1"].status = "in_progress"
+        runner.poll()
+        assert runner.queue.budget == 400_000 and runner.refused == 1  # half of the 800,000 refused
+        assert job.data["queue"]["budget"] == 400_000 and job.data["queue"]["refusals"] == 1
+        runner.queue.slept(3600)  # the refusal's backoff has passed
+        runner.requeue()
+        runner.submit()
+        sizes = {b["key"]: (b["state"], b["tokens"]) for b in job.batches}
+        assert sizes["b000003"] == ("collected", 400_000)  # built for 800,000: split into batches of 200,000
+        new = [b for b in job.batches if b["key"] > "b000003"]
+        assert new and all(b["tokens"] <= 200_000 for b in new)
+        assert all(why.get("free") for b in job.batches for why in (b.get("retry") or {}).values())
+        assert not job.lines(job.batches[1], "failed")  # a refusal fails no line

@@ -1,17 +1,19 @@
 """The Batch API's state machine, timed by the server clock (`clock`), with scripted outcomes.
 
-``validating`` (the input file is checked line by line: JSON, unique ``custom_id``,
-``POST`` to the batch's endpoint, one model, <= 50,000 requests, and for embeddings
-<= 50,000 inputs across all requests; then the enqueued-token limit) →
+``validating`` (`batch_check`: the input file line by line — JSON, unique
+``custom_id``, ``POST`` to the batch's endpoint, one model, <= 50,000 requests, and
+for embeddings <= 50,000 inputs across all requests — then the enqueued-token
+queue, with its release lag) →
 ``in_progress`` (lines complete evenly over ``in_progress_seconds``) → ``finalizing``
 → ``completed``; or ``failed`` (validation), ``expired`` (the 24-hour window ended
 first: lines done by then are in the output file, the rest in the error file as
 ``batch_expired``), ``cancelling`` → ``cancelled`` (the same, as ``batch_cancelled``).
 
-A batch advances when anyone looks at it; each line runs through the very
-``/v1/embeddings`` endpoint (`embeddings.create_embeddings`) on a private engine
-state, so a batch answers exactly what the online API would. Scripted outcomes
-(config ``script``, one entry per created batch) force the rest: ``stop_at`` (the
+A batch advances when anyone looks at it; at its end (`batch_output`) each line
+runs through the very ``/v1/embeddings`` endpoint on a private engine state, so a
+batch answers exactly what the online API would, in a shuffled order. Scripted
+outcomes (config ``script``, one entry per batch validated, in order; a batch the
+queue refuses leaves its entry to the next) force the rest: ``stop_at`` (the
 fraction of lines processed before the batch stalls until it expires or is
 cancelled), ``fail`` (``{"code", "message"}``: fails validation), ``line_errors``
 (``{line: {"status", "code", "message"}}``) and ``misaligned`` (lines answered one
@@ -21,22 +23,19 @@ vector short).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import tempfile
 import threading
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ApiError, ApiRequest
+from .api import ApiError
+from .batch_check import check_lines, queue_error
+from .batch_output import finish
 from .clock import clock_of
-from .embeddings import create_embeddings
 from .files import files_of
 from .state import State
-from .vectors import text_digests
 
 __all__ = ["ACTIVE", "BATCH_DEFAULTS", "TERMINAL", "BatchRecord", "BatchWorld", "world_of"]
 
@@ -53,11 +52,12 @@ BATCH_DEFAULTS: dict[str, Any] = {
     "max_requests_per_batch": 50_000,
     "max_inputs_per_batch": 50_000,  # the embeddings rule, across all requests of a batch
     "max_file_bytes": 200_000_000,
-    "enqueued_token_limit": None,  # tokens of in-progress batches per model; None = unlimited
-    "script": [],  # one entry per created batch (see the module doc)
+    "enqueued_token_limit": None,  # tokens of unfinished batches per model; None = unlimited
+    "release_lag_seconds": 0.0,  # an ended batch's tokens stay enqueued this long
+    "transient_line_error_rate": 0.0,  # share of request bodies answered 500 the first time they run
+    "time_scale": 1.0,  # server seconds per real second (benchmarks: hours of batches in minutes)
+    "script": [],  # one entry per batch the queue accepts, in order (see the module doc)
 }
-_EXPIRED = ("batch_expired", "This request could not be executed before the completion window expired.")
-_CANCELLED = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
 
 
 def validate_batch_config(changes: dict[str, Any]) -> None:
@@ -74,6 +74,10 @@ def validate_batch_config(changes: dict[str, Any]) -> None:
                     raise ValueError(f"unknown script key(s) {bad}")
         elif key == "enqueued_token_limit" and value is None:
             continue
+        elif key == "time_scale" and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise ValueError(f"batch config 'time_scale' must be a number > 0, got {value!r}")
+        elif key == "transient_line_error_rate" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise ValueError(f"batch config 'transient_line_error_rate' must be in [0, 1], got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"batch config {key!r} must be a finite number >= 0, got {value!r}")
 
@@ -96,6 +100,8 @@ class BatchRecord:
     model: str | None = None
     done: int = 0
     """Lines processed, frozen when the batch is cancelled or expires."""
+    ok_inputs: int = 0
+    """Inputs of the lines answered 200 (embedded and paid for)."""
     errors: list[dict[str, Any]] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -141,6 +147,7 @@ class BatchWorld:
         self.script: deque[dict[str, Any]] = deque()
         self.batches: dict[str, BatchRecord] = {}
         self.engine = State({})  # runs each line: no rate limits, no faults, no latency of the online API
+        self.failed_once: set[bytes] = set()  # request bodies that had their transient 500
 
     # -- control -------------------------------------------------------------------------
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +156,8 @@ class BatchWorld:
             self.config.update(copy.deepcopy(changes))
             if "script" in changes:
                 self.script = deque(copy.deepcopy(changes["script"]))
+            if "time_scale" in changes:
+                self.clock.set_rate(float(changes["time_scale"]))
             if "max_file_bytes" in changes:
                 self.files.max_batch_bytes = int(changes["max_file_bytes"])
             return self.snapshot()
@@ -165,6 +174,7 @@ class BatchWorld:
             self.clock.reset()
             self.config = copy.deepcopy(BATCH_DEFAULTS)
             self.script.clear()
+            self.failed_once.clear()
             self.files.max_batch_bytes = BATCH_DEFAULTS["max_file_bytes"]
 
     def summary(self) -> dict[str, Any]:
@@ -175,7 +185,8 @@ class BatchWorld:
                 "now": now, "config": self.snapshot(), "files": len(self.files.files),
                 "batches": [
                     {"id": b.id, "status": b.status, "lines": b.lines, "inputs": b.inputs, "tokens": b.tokens,
-                     "done": b.done_at(now) if b.status == "in_progress" else b.done, "metadata": b.metadata}
+                     "done": b.done_at(now) if b.status == "in_progress" else b.done, "metadata": b.metadata,
+                     "ok_inputs": b.ok_inputs}
                     for b in self.batches.values()
                 ],
             }
@@ -189,8 +200,7 @@ class BatchWorld:
             )}
             batch = BatchRecord(
                 "batch_" + uuid.uuid4().hex, input_file_id, endpoint, metadata, now,
-                now + float(self.config["completion_window_seconds"]), timing,
-                self.script.popleft() if self.script else {},
+                now + float(self.config["completion_window_seconds"]), timing, {},
             )
             self.batches[batch.id] = batch
             return batch
@@ -258,148 +268,29 @@ class BatchWorld:
 
     # -- validating ----------------------------------------------------------------------
     def _validate(self, batch: BatchRecord, at: float) -> None:
-        errors = self._check_lines(batch)
+        """The file's checks, a scripted failure, then the queue. A script entry goes to the next batch
+        validated that the queue accepts (a refused batch leaves it for the next)."""
+        batch.script = self.script.popleft() if self.script else {}
+        errors = check_lines(self, batch)
         if not errors and batch.script.get("fail"):
             fail = batch.script["fail"]
             errors = [{"code": fail.get("code", "failed"), "message": fail.get("message", "scripted failure"),
                        "param": None, "line": None}]
-        limit = self.config["enqueued_token_limit"]
-        if not errors and limit is not None:
-            queued = sum(b.tokens for b in self.batches.values()
-                         if b is not batch and b.model == batch.model and b.status in ("in_progress", "finalizing"))
-            if queued + batch.tokens > limit:
-                errors = [{
-                    "code": "token_limit_exceeded", "param": None, "line": None,
-                    "message": f"Enqueued token limit reached for {batch.model} in organization org-local. "
-                    f"Limit: {int(limit):,} enqueued tokens. Please try again once some in_progress batches "
-                    "have been completed.",
-                }]
+        if not errors:
+            refused = queue_error(self, batch, at)
+            if refused is not None:
+                errors = [refused]
+                if batch.script:
+                    self.script.appendleft(batch.script)
+                batch.script = {}
         if errors:
             batch.status, batch.errors, batch.times["failed_at"] = "failed", errors[:MAX_LISTED_ERRORS], at
         else:
             batch.status, batch.times["in_progress_at"] = "in_progress", at
             batch.counts = {"total": batch.lines, "completed": 0, "failed": 0}
 
-    def _check_lines(self, batch: BatchRecord) -> list[dict[str, Any]]:
-        try:
-            stored = self.files.get(batch.input_file_id)
-        except ApiError as exc:
-            return [{"code": "file_not_found", "message": exc.message, "param": "input_file_id", "line": None}]
-        errors: list[dict[str, Any]] = []
-
-        def error(code: str, message: str, line: int | None, param: str | None = None) -> None:
-            errors.append({"code": code, "message": message, "param": param, "line": line})
-
-        seen: set[str] = set()
-        count_tokens = self.config["enqueued_token_limit"] is not None
-        for number, raw in enumerate(stored.lines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = None
-            if not isinstance(line, dict):
-                error("invalid_json_line", f"Line {number} is not a valid JSON object.", number)
-                continue
-            body, custom_id = line.get("body"), line.get("custom_id")
-            if not isinstance(custom_id, str) or not custom_id:
-                error("missing_required_parameter", "Missing required parameter: 'custom_id'.", number, "custom_id")
-            elif custom_id in seen:
-                error("duplicate_custom_id", "The custom_id for this request is a duplicate of another request. "
-                      "The custom_id parameter must be unique for each individual request in a batch.", number,
-                      "custom_id")
-            else:
-                seen.add(custom_id)
-            if line.get("method") != "POST":
-                error("invalid_method", "Only the POST method is supported.", number, "method")
-            elif line.get("url") != batch.endpoint:
-                error("mismatched_endpoint", f"The url of this request does not match the batch's endpoint "
-                      f"{batch.endpoint}.", number, "url")
-            if not isinstance(body, dict):
-                error("invalid_body", "Missing required parameter: 'body'.", number, "body")
-                continue
-            model = body.get("model")
-            if batch.model is None and isinstance(model, str):
-                batch.model = model
-            elif model != batch.model:
-                error("mismatched_model", "All requests in a batch must use the same model.", number, "body.model")
-            texts = body.get("input")
-            texts = [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else []
-            if texts and all(isinstance(t, int) for t in texts):
-                texts = [texts]
-            batch.lines += 1
-            batch.inputs += len(texts)
-            if count_tokens:
-                strings = [t for t in texts if isinstance(t, str)]
-                batch.tokens += sum(self.engine.count_tokens(strings, text_digests(strings)))
-                batch.tokens += sum(len(t) for t in texts if isinstance(t, list))
-        if batch.lines == 0 and not errors:
-            error("empty_file", "The input file has no requests.", None)
-        if batch.lines > self.config["max_requests_per_batch"]:
-            error("too_many_requests", f"The batch has {batch.lines:,} requests; a batch holds at most "
-                  f"{int(self.config['max_requests_per_batch']):,}.", None)
-        if batch.endpoint == "/v1/embeddings" and batch.inputs > self.config["max_inputs_per_batch"]:
-            error("too_many_inputs", f"The batch has {batch.inputs:,} embedding inputs across its requests; "
-                  f"an embeddings batch holds at most {int(self.config['max_inputs_per_batch']):,}.", None)
-        return errors
-
-    # -- the end -------------------------------------------------------------------------
     def _finish(self, batch: BatchRecord, status: str, at: float) -> None:
-        """Run the lines done, write the output and error files, and end in `status` at `at`."""
-        unrun = _EXPIRED if status == "expired" else _CANCELLED
-        output, failed = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 - handed to the store
-        ok = bad = k = 0
-        for raw in self.files.get(batch.input_file_id).lines():
-            if not raw.strip():
-                continue
-            line = json.loads(raw)
-            custom_id = json.dumps(line["custom_id"]).encode()
-            head = b'{"id":"batch_req_' + uuid.uuid4().hex.encode() + b'","custom_id":' + custom_id
-            if k < batch.done:
-                status_code, body = self._run(batch, k, line["body"])
-                request_id = b'"req_' + uuid.uuid4().hex.encode() + b'"'
-                (output if status_code == 200 else failed).write(
-                    head + b',"response":{"status_code":' + str(status_code).encode() + b',"request_id":'
-                    + request_id + b',"body":' + body + b'},"error":null}\n'
-                )
-                ok, bad = (ok + 1, bad) if status_code == 200 else (ok, bad + 1)
-            else:
-                failed.write(head + b',"response":null,"error":' + json.dumps(
-                    {"code": unrun[0], "message": unrun[1]}).encode() + b"}\n")
-                bad += 1
-            k += 1
-        name = batch.id
-        if ok:
-            batch.output_file_id = self.files.add_handle(f"{name}_output.jsonl", "batch_output", output).id
-        else:
-            output.close()
-        if bad:
-            batch.error_file_id = self.files.add_handle(f"{name}_error.jsonl", "batch_output", failed).id
-        else:
-            failed.close()
-        batch.counts = {"total": batch.lines, "completed": ok, "failed": bad}
-        batch.status, batch.times[f"{status}_at"] = status, at
-
-    def _run(self, batch: BatchRecord, k: int, body: Any) -> tuple[int, bytes]:
-        """(status, response body) of line `k`, as the online endpoint answers it (or as scripted)."""
-        scripted = (batch.script.get("line_errors") or {}).get(str(k))
-        if scripted is not None:
-            error = ApiError(int(scripted.get("status", 500)), scripted.get("message", "scripted line error"),
-                             "server_error" if int(scripted.get("status", 500)) >= 500 else "invalid_request_error",
-                             scripted.get("code"))
-            return error.status, error.body()
-        if k in (batch.script.get("misaligned") or ()):
-            self.engine.script.append("short")
-        request = ApiRequest("POST", batch.endpoint, {}, {"Authorization": "Bearer batch"},  # type: ignore[arg-type]
-                             json.dumps(body).encode(), self.engine, time.monotonic(), "req_batch")
-        try:
-            reply = create_embeddings(request)
-        except ApiError as exc:
-            return exc.status, exc.body()
-        finally:
-            self.engine.script.clear()
-        return 200, b"".join(reply.parts or [])
+        finish(self, batch, status, at)
 
 
 _MAKING = threading.Lock()

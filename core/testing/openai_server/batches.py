@@ -8,7 +8,7 @@ only ``/v1/embeddings`` batches.
 Control plane (JSON), for tests and benchmarks — `BatchControl` wraps it:
 
 - ``GET /_control/batches``: the config, the server clock, every batch (status,
-  lines, inputs, tokens, lines done, metadata);
+  lines, inputs, tokens, lines done, metadata, inputs answered 200);
 - ``POST /_control/batches``: merge config keys (`batch_state.BATCH_DEFAULTS`);
 - ``POST /_control/batches/advance`` ``{"seconds": n}``: move the clock forward;
 - ``POST /_control/batches/reset``: forget every batch and file, default config,
