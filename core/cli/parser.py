@@ -13,35 +13,13 @@ from typing import NoReturn
 from .. import pricing
 from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MAX_CONCURRENCY, DEFAULT_MODEL, DEFAULT_TABLE, MAX_INPUTS_PER_REQUEST
 from ..readers import FORMATS
+from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, UsageError
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "CliError", "UsageError", "build_parser"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "JOB_SUFFIX", "CliError", "UsageError",
+           "build_parser"]
 
-EXIT_OK = 0
-"""Every section stored or skipped (or: the command did what it was asked)."""
-EXIT_FAILED = 1
-"""Some sections failed (each with its reason), or a dry run found sections that would."""
-EXIT_USAGE = 2
-"""A problem to fix before anything can work: options, file, key, endpoint, database."""
-EXIT_INTERRUPTED = 130
-"""Ctrl-C (SIGTERM / SIGHUP: 128 + the signal's number, as a shell reports it)."""
-
-
-class CliError(Exception):
-    """Ends the command with one line on stderr and `exit_code`."""
-
-    exit_code = EXIT_FAILED
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class UsageError(CliError):
-    """A problem the user can fix (option, file, key, database): exit status 2."""
-
-    exit_code = EXIT_USAGE
-
+JOB_SUFFIX = ".batch-job"
+"""``<FILE stem>.batch-job``: the default job folder of ``ingest --batch-api``, next to FILE."""
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (no usage block) and exit status 2."""
@@ -111,6 +89,35 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def _add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """The Batch API options of ``ingest`` (run by `core.cli.batch`)."""
+    group = parser.add_argument_group("Batch API (half the price, results within 24 hours)")
+    group.add_argument(
+        "--batch-api", action="store_true",
+        help="embed through OpenAI's Batch API instead of online requests: uploads batch files, waits for them "
+        "and stores the results; run the same command again to continue after a crash (nothing is submitted twice)",
+    )
+    group.add_argument(
+        "--finish-online", action="store_true",
+        help="with --batch-api: embed online the requests that failed inside a batch",
+    )
+    group.add_argument("--job-dir", metavar="DIR",
+                       help=f"with --batch-api: the job folder (default: <FILE stem>{JOB_SUFFIX} next to FILE)")
+    group.add_argument("--poll-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                       help="with --batch-api: first wait between looks at the batches; it grows to 5 minutes "
+                       "while nothing moves (default: %(default)s)")
+
+
 def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
     ingest = commands.add_parser(
         "ingest", help="embed and store the sections of a file",
@@ -156,9 +163,7 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
     bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
     bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     _add_target_options(ingest)
-    from .batch import add_options as add_batch_options  # here: core.cli.batch imports this module
-
-    add_batch_options(ingest)
+    _add_batch_options(ingest)
     ingest.set_defaults(run="ingest")
 
 

@@ -97,7 +97,7 @@ def test_json_array_elements_lines_and_ids() -> None:
     got = records("json", data)
     assert [r.line for r in got] == [2, 3, 4]
     assert got[0].section == {"id": 10, "title": "a", "content": "b"}
-    assert got[1].section is None and "array element 2 is not an object" in got[1].error
+    assert got[1].section is None and "element 1 is not an object" in got[1].error and got[1].element == 1
     assert got[2].section["id"] == 12
 
 
