@@ -158,7 +158,11 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="count tokens, requests and cost; embed and store nothing (exit 1 if some sections would fail)",
     )
     ingest.add_argument("--price-per-million", type=_price, metavar="USD", help="price per 1M tokens for the cost figure")
-    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON (every reason whole)")
+    ingest.add_argument(
+        "--wide", action="store_true",
+        help="print failure reasons whole, on their own lines (default: cut to fit 80 columns)",
+    )
     bar = ingest.add_mutually_exclusive_group()
     bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
     bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
