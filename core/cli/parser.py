@@ -55,6 +55,12 @@ def _price(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(f"expected a price in USD >= 0, got {text!r}") from None
 
 
+def _database_url(text: str) -> str:
+    if not text.strip():  # `--database-url "$DATABASE_URL"` with the variable unset
+        raise argparse.ArgumentTypeError("empty (an unset variable?): pass a PostgreSQL URL, or leave the option out")
+    return text
+
+
 def _similarity(text: str) -> float:
     try:
         value = float(text)
@@ -81,7 +87,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         help="auto (default): --database-url, else --data-dir, else Supabase if SUPABASE_URL is set, "
         "else DATABASE_URL, else the embedded PostgreSQL",
     )
-    group.add_argument("--database-url", metavar="DSN", help="any PostgreSQL with pgvector (default: $DATABASE_URL)")
+    group.add_argument("--database-url", metavar="DSN", type=_database_url, help="any PostgreSQL with pgvector (default: $DATABASE_URL)")
     group.add_argument(
         "--data-dir", metavar="DIR",
         help="data folder of the embedded PostgreSQL (default: $CORE_DATA_DIR, else a per-user data folder; "

@@ -117,15 +117,15 @@ def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path,
         return EXIT_FAILED if counts["failed"] else EXIT_OK
     _say(*lines)
     wide = bool(getattr(args, "wide", False))
-    for failure in listed[:SHOWN_FAILURES]:
-        where = printable(failure.where + (f" (id {failure.id})" if failure.id is not None else ""))
-        _say(*_reason_lines(f"  {where}", failure.reason, wide))
+    shown = [(printable(f.where + (f" (id {f.id})" if f.id is not None else "")), f.reason)
+             for f in listed[:SHOWN_FAILURES]]
     if len(listed) > SHOWN_FAILURES:
         reason, times = Counter(f.reason for f in listed).most_common(1)[0]
-        head = f"  ... {len(listed) - SHOWN_FAILURES:,} more; most common ({times:,}x)"
-        _say(*_reason_lines(head, reason, wide))
-    if any(len(f"  {f.where}: {f.reason}") > WIDTH for f in listed[:SHOWN_FAILURES]) and not wide:
-        _say(_fit(f"(reasons cut at {WIDTH} columns: --wide prints them whole; the failed-sections file has them)"))
+        shown.append((f"... {len(listed) - SHOWN_FAILURES:,} more; most common ({times:,}x)", reason))
+    for where, reason in shown:
+        _say(*_reason_lines(f"  {where}", reason, wide))
+    if not wide and any(len(f"  {where}: {reason}") > WIDTH for where, reason in shown):
+        _say(f"(cut at {WIDTH} columns: --wide shows them whole; so do --json and the failed-sections file)")
     if written:
         _say(f"failed sections written to {written}")
         _say(f"fix them, then run: {prog()} ingest {written}")

@@ -52,8 +52,6 @@ def select_target(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     SECRETS.add(supabase_key)
     SECRETS.add_dsn(args.database_url)
     SECRETS.add_dsn(env.get("DATABASE_URL"))
-    if args.database_url is not None and not args.database_url.strip():
-        raise UsageError("--database-url is empty (an unset variable?): pass a PostgreSQL URL, or leave the option out")
     if args.database_url and args.data_dir:
         raise UsageError("--database-url and --data-dir name two different databases: pass one")
     kind = args.target
