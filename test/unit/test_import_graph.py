@@ -139,3 +139,18 @@ def test_core_cli_imports_no_private_name_of_another_module() -> None:
 @pytest.mark.parametrize("name", sorted(n for n in _modules() if n.startswith("core.cli")))
 def test_core_cli_modules_stay_within_400_lines(name: str) -> None:
     assert len(_modules()[name].read_text(encoding="utf-8").splitlines()) <= 400
+
+
+def test_the_package_namespace_is_the_public_api() -> None:
+    """Issue #21: ``dir(core)`` listed names twice and showed `Any`, `TYPE_CHECKING`, `importlib`."""
+    import core
+
+    names = dir(core)
+    assert names == sorted(set(names)) == sorted(core.__all__)
+    assert len(core.__all__) == len(set(core.__all__)) == 26
+    assert not {"Any", "TYPE_CHECKING", "importlib", "annotations", "errors"} & set(names)
+    import importlib
+
+    for name in core.__all__:  # each one importable, the very object of the module the list names
+        assert getattr(core, name) is getattr(importlib.import_module(f"core.{core._HOME[name]}"), name)
+    assert "EmbeddedPostgres" in dir(core) and "PostgresStore" in dir(core)  # before and after first use
