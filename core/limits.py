@@ -82,3 +82,8 @@ SYNC_LOCK_TTL_SECONDS = 600
 it expires this long after it was last renewed (each window renews it), so a killed run's lock frees."""
 POSTGRES_MAX_ROWS_PER_CHUNK = 9000
 """A statement takes at most 65,535 parameters: 9,000 rows x 7 columns stays under it."""
+
+# --- The embedded PostgreSQL from the command line ----------------------------------------
+DB_STOP_SECONDS = 30.0
+"""How long ``python -m core db --stop`` waits for the embedded server to finish its fast shutdown
+(it rolls back open transactions and writes a checkpoint: well under a second on an idle server)."""

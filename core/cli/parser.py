@@ -216,4 +216,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="apply the schema to this database instead of printing it (no DSN: $DATABASE_URL)",
     )
     schema.set_defaults(run="schema")
+
+    db = commands.add_parser(
+        "db", help="the embedded PostgreSQL: connection string, running or not, --serve, --stop, --size",
+        description="Print the embedded PostgreSQL's data folder, whether its server runs and, while it runs, "
+        "its connection string (for DATABASE_URL). The folder: --data-dir, else $CORE_DATA_DIR, else the "
+        "per-user default (the one ingest and search use).",
+    )
+    db.add_argument("--data-dir", metavar="DIR", help="data folder of the embedded PostgreSQL (default: as ingest's)")
+    action = db.add_mutually_exclusive_group()
+    action.add_argument("--serve", action="store_true",
+                        help="start the server (creating the database if new) and keep it running until Ctrl-C")
+    action.add_argument("--stop", action="store_true", help="stop the server running on the folder")
+    action.add_argument("--size", action="store_true", help="also print rows per table and bytes on disk")
+    db.set_defaults(run="db")
     return parser
