@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -116,7 +116,7 @@ def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path,
         print(_json(counts, run, args, model, elapsed, failed_file=written, failures=failures))
         return EXIT_FAILED if counts["failed"] else EXIT_OK
     _say(*lines)
-    wide = bool(getattr(args, "wide", False))
+    wide = bool(args.wide)
     shown = [(printable(f.where + (f" (id {f.id})" if f.id is not None else "")), f.reason)
              for f in listed[:SHOWN_FAILURES]]
     if len(listed) > SHOWN_FAILURES:

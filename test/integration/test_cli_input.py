@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import clean_env, cli, in_process, one_line_error, workdir  # noqa: F401  (fixtures)
+from cli_helpers import in_process, one_line_error, workdir  # noqa: F401  (fixtures)
 
 from core.readers import read_records
 
