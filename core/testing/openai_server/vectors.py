@@ -155,6 +155,8 @@ def word_codes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 _COMMON_CODES = np.array(sorted(zlib.crc32(w.encode()) for w in _COMMON_WORDS), dtype=np.uint32)
+_COMMON_LOW16 = np.zeros(1 << 16, dtype=np.bool_)
+_COMMON_LOW16[_COMMON_CODES & np.uint32(0xFFFF)] = True
 
 
 def _crc32_words(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -228,8 +230,10 @@ def embed(texts: Sequence[str], dimensions: int, native: int, digests: Sequence[
         digests = text_digests(texts)
     words = _Words(texts)
     codes = words.codes()
-    at = np.minimum(np.searchsorted(_COMMON_CODES, codes), len(_COMMON_CODES) - 1)
-    common = _COMMON_CODES[at] == codes
+    common = _COMMON_LOW16[codes & np.uint32(0xFFFF)]  # a cheap first look; the few candidates checked exactly
+    if common.any():
+        maybe = np.flatnonzero(common)
+        common[maybe] = np.isin(codes[maybe], _COMMON_CODES)
     weights = np.where(common, _COMMON_WEIGHT, 1.0)
     # One scatter for both kinds of feature: every word, then the trigrams of every byte of the other
     # words than the common ones (theirs would only add noise, and ~20% of the work on English text).
