@@ -1,6 +1,6 @@
 """``ingest --dry-run``: tokens, requests and cost of an ingest, without a key, an API call or a database.
 
-The sections are read, windowed (`core.stores.ingest.windows`) and validated by the
+The sections are read, windowed (`core.engine.ingest_run.windows`) and validated by the
 ingest's own bookkeeping (`IngestRun.take_window`: validation, first occurrence
 of an id wins), and each window's texts are planned by the embedding engine
 (`EmbedPlan`: token counts, inputs that cannot be sent, identical texts sent
@@ -18,8 +18,7 @@ from typing import Any
 
 from .. import pricing
 from ..engine.plan import EmbedPlan
-from ..stores.ingest import windows
-from ..engine.ingest_run import IngestRun
+from ..engine.ingest_run import IngestRun, windows
 from ..limits import INGEST_WINDOW, MAX_TOKENS_PER_INPUT, MAX_TOKENS_PER_REQUEST, TOKENIZER_ENCODING
 from .console import printable
 from .sources import Source, open_records
