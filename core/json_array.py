@@ -36,6 +36,8 @@ class JsonArrayStream:
         self.line = 1  # line of buf[counted]
         self.counted = 0
         self.decoder = json.JSONDecoder()
+        self.value_start = 0
+        """Where in `buf` the value `decode` returned last starts (it ends at `pos`)."""
 
     def line_at(self, pos: int) -> int:
         if pos >= self.counted:
@@ -88,7 +90,7 @@ class JsonArrayStream:
             if end == len(self.buf) and not self.eof:
                 self.more()
                 continue  # a number cut by the buffer's end: decode it again whole
-            self.pos = end
+            self.value_start, self.pos = self.pos, end
             return value, None
 
 

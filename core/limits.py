@@ -122,3 +122,8 @@ BATCH_STALL_SECONDS = 86_400.0
 """A run whose batches are refused for this long with nothing accepted or collected stops
 (the job stays resumable): every batch in the queue ends within its 24-hour completion
 window, so a queue still full after one window is not freeing for this job."""
+
+# --- The embedded PostgreSQL from the command line ----------------------------------------
+DB_STOP_SECONDS = 30.0
+"""How long ``python -m core db --stop`` waits for the embedded server to finish its fast shutdown
+(it rolls back open transactions and writes a checkpoint: well under a second on an idle server)."""

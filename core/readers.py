@@ -18,9 +18,12 @@ constant memory. Each record comes out as a `SourceRecord`:
 Whether a readable section is *valid* (integer id, string title and content...)
 is decided later, by `core.stores.ingest.validate_section`.
 
-Undecodable bytes are kept as lone surrogates (``errors="surrogateescape"``):
-the section then fails validation with a clear reason, and writing the raw
-record back with the same error handler restores the original bytes.
+A record holding bytes that are not UTF-8 is unreadable: "not UTF-8 (byte 0xE9
+at line 3, column 17)" (CSV: the field instead of the column); its raw text
+keeps each such byte as a lone surrogate (``\\udcXX``, ``errors="surrogateescape"``).
+A file whose byte-order mark says UTF-16 or UTF-32 is refused as a whole, naming
+the encoding. In a JSON array, records carry their element's index (``element``):
+an array written on one line has every element on line 1.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import IO, Any
 
 from .errors import ConfigurationError
 from .json_array import JsonArrayStream
+from .utf8 import bom_problem, csv_not_utf8, has_undecodable, not_utf8
 
 __all__ = ["FORMATS", "InputFileError", "SourceRecord", "count_records", "detect_format", "read_csv", "read_json",
            "read_jsonl", "read_records", "to_section"]
@@ -46,7 +50,7 @@ _FIELDS = ("id", "title", "content")
 _INTEGER = re.compile(r"[+-]?\d+")
 _CSV_FIELD_LIMIT = 64 << 20
 _ENCODING = "utf-8-sig"  # a leading byte-order mark (Excel's CSV export) is dropped
-_ERRORS = "surrogateescape"
+_ERRORS = "surrogateescape"  # see core.utf8
 
 
 class InputFileError(ConfigurationError):
@@ -69,6 +73,13 @@ class SourceRecord:
     section: dict[str, Any] | None
     raw: Any
     error: str | None = None
+    element: int | None = None
+    """0-based index of the record in a JSON array file; None for JSONL and CSV."""
+
+    @property
+    def where(self) -> str:
+        """``line 7``, or in a JSON array ``element 3 (line 1)``."""
+        return f"line {self.line}" if self.element is None else f"element {self.element} (line {self.line})"
 
 
 def detect_format(path: str | os.PathLike[str], override: str | None = None) -> str:
@@ -113,15 +124,17 @@ def _normalise_id(value: Any) -> Any:
     return value
 
 
-def _record(line: int, raw: Any, *, what: str) -> SourceRecord:
+def _record(line: int, raw: Any, *, what: str, element: int | None = None) -> SourceRecord:
     if not isinstance(raw, dict):
         kind = "array" if isinstance(raw, list) else type(raw).__name__
         if raw is None:
             kind = "null"
-        return SourceRecord(line, None, raw, f"{what} is not an object (got {kind})")
+        return SourceRecord(line, None, raw, f"{what} is not an object (got {kind})", element)
     if isinstance(raw.get("_raw"), str) and not any(name in raw for name in _FIELDS):
-        return _unreadable_again(line, raw)
-    return SourceRecord(line, to_section(raw), raw)
+        record = _unreadable_again(line, raw)
+        return SourceRecord(record.line, record.section, record.raw, record.error, element)
+    return SourceRecord(line, to_section(raw), raw, None, element)
+
 
 
 def _unreadable_again(line: int, record: dict[str, Any]) -> SourceRecord:
@@ -132,6 +145,8 @@ def _unreadable_again(line: int, record: dict[str, Any]) -> SourceRecord:
     failed-sections file reports the same reasons.
     """
     text = record["_raw"]
+    if has_undecodable(text):  # the bytes that were not UTF-8 are still there (as \udcXX)
+        return SourceRecord(line, None, text, str(record.get("_error") or "not UTF-8"))
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
@@ -166,16 +181,30 @@ def _from_path(path: str | os.PathLike[str], fmt: str) -> Iterator[SourceRecord]
         yield from _READERS[fmt](handle)
 
 
+def _check_bom(handle: IO[bytes]) -> None:
+    """Raises InputFileError when the file's byte-order mark names UTF-16 or UTF-32 (`core.utf8.bom_problem`)."""
+    problem = bom_problem(handle)
+    if problem is not None:
+        raise InputFileError(problem)
+
+
+
 # --- JSONL ---------------------------------------------------------------------------------
 
 
 def read_jsonl(handle: IO[bytes]) -> Iterator[SourceRecord]:
     """One JSON object per line; blank lines are skipped, bad lines become error records."""
+    _check_bom(handle)
     for number, data in enumerate(handle, start=1):
         if number == 1 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
-        text = data.decode("utf-8", _ERRORS).strip()
+        text = data.decode("utf-8", _ERRORS)
+        problem = not_utf8(text, 0, number) if not data.isascii() else None
+        text = text.strip()
         if not text:
+            continue
+        if problem is not None:
+            yield SourceRecord(number, None, text, problem)
             continue
         try:
             raw = json.loads(text)
@@ -199,6 +228,7 @@ def read_json(handle: IO[bytes]) -> Iterator[SourceRecord]:
     Raises:
         InputFileError: The file does not start with ``[`` (after whitespace).
     """
+    _check_bom(handle)
     text = io.TextIOWrapper(handle, encoding=_ENCODING, errors=_ERRORS, newline="")
     try:
         stream = JsonArrayStream(text)
@@ -234,10 +264,14 @@ def read_json(handle: IO[bytes]) -> Iterator[SourceRecord]:
             value, error = stream.decode()
             if error is not None:
                 snippet = stream.buf[stream.pos : stream.pos + 200]  # decode() keeps pos at the element
-                yield SourceRecord(line, None, snippet, error + "; the rest of the file was not read")
+                yield SourceRecord(line, None, snippet, error + "; the rest of the file was not read", index)
                 return
+            problem = not_utf8(stream.buf[: stream.pos], stream.value_start, line)
+            if problem is not None:
+                yield SourceRecord(line, None, stream.buf[stream.value_start : stream.pos], problem, index)
+            else:
+                yield _record(line, value, what=f"element {index}", element=index)
             index += 1
-            yield _record(line, value, what=f"array element {index}")
     finally:
         text.detach()  # the caller owns `handle`
 
@@ -256,6 +290,7 @@ def read_csv(handle: IO[bytes]) -> Iterator[SourceRecord]:
     """
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)  # sections can be longer than csv's 128 KB default
+    _check_bom(handle)
     text = io.TextIOWrapper(handle, encoding=_ENCODING, errors=_ERRORS, newline="")
     try:
         reader = csv.reader(text)
@@ -292,6 +327,10 @@ def read_csv(handle: IO[bytes]) -> Iterator[SourceRecord]:
             if not row:
                 continue
             raw: dict[str, Any] = dict(zip(keys, row))
+            problem = csv_not_utf8(row, keys, start)
+            if problem is not None:
+                yield SourceRecord(start, None, raw, problem)
+                continue
             extra = [value for value in row[len(keys) :] if value.strip()]
             absent = [field for field in _FIELDS if field not in raw]
             if extra or absent:

@@ -21,13 +21,17 @@ Exit status: 0 when every section was stored or skipped, 1 when some failed,
 database (one line on stderr, never a secret, no failed-sections file) — and
 130 after Ctrl-C (128 + the signal's number after SIGTERM / SIGHUP).
 
-Modules: `parser` (options, exit statuses), `main`, `targets`, `sources`,
-`ingest`, `progress`, `summary`, `failures`, `dry_run`, `search`, `schema`.
+Modules, each importing only those listed before it (a test checks the graph):
+`status` (exit statuses, one-line errors) and `console` (what is printed, never
+a secret) at the bottom; `parser` (options of every command), `settings`,
+`sources`, `targets`, `progress`, `failures`, `summary`; one module per
+command: `ingest` (over `dry_run` and `batch`), `search`, `schema`, `db`;
+`main` on top, which imports the command asked for by name.
 """
 
 from __future__ import annotations
 
 from .main import main
-from .parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

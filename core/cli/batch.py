@@ -16,55 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .. import pricing
+from ..batch_api import BatchJob, Polling, plan_batches
+from ..embed.service import EmbeddingService
 from ..errors import CoreError, JobFolderError
 from .console import Note, warn
-from .parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, UsageError, _positive_int
+from .parser import JOB_SUFFIX
 from .sources import Source, open_records
+from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RUN_STOPPING, CliError, UsageError, stopped_message
+from .summary import Run
 
-__all__ = ["add_options", "check", "dry_run", "ingest", "job_dir"]
-
-JOB_SUFFIX = ".batch-job"
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
-
-
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """The Batch API options of ``ingest``."""
-    group = parser.add_argument_group("Batch API (half the price, results within 24 hours)")
-    group.add_argument(
-        "--batch-api", action="store_true",
-        help="embed through OpenAI's Batch API instead of online requests: uploads batch files, waits for them "
-        "and stores the results; run the same command again to continue after a crash (nothing is submitted twice)",
-    )
-    group.add_argument(
-        "--finish-online", action="store_true",
-        help="with --batch-api: embed online the requests that failed inside a batch",
-    )
-    group.add_argument("--job-dir", metavar="DIR",
-                       help=f"with --batch-api: the job folder (default: <FILE stem>{JOB_SUFFIX} next to FILE)")
-    group.add_argument("--batch-queue-tokens", type=_positive_int, default=None, metavar="N",
-                       help="with --batch-api: your account's enqueued-token limit for the model (the Batch API's "
-                       "queue; see your limits page): batches are built to fit it and go as it frees (default: "
-                       "what the job learned, else 3,000,000, the tier-1 figure, halved on each refusal)")
-    group.add_argument("--poll-interval", type=_seconds, default=10.0, metavar="SECONDS",
-                       help="with --batch-api: first wait between looks at the batches; it grows to 5 minutes "
-                       "while nothing moves (default: %(default)s)")
-
+__all__ = ["check", "dry_run", "ingest", "job_dir"]
 
 def check(args: argparse.Namespace, source: Source) -> None:
-    """Options that do not go together, refused before anything starts."""
+    """Options that do not go together, refused before anything starts (the ingest ignores --tpm here)."""
     if not args.batch_api:
         if args.finish_online or args.job_dir or args.batch_queue_tokens is not None:
             raise UsageError("--finish-online, --job-dir and --batch-queue-tokens go with --batch-api")
@@ -73,7 +42,6 @@ def check(args: argparse.Namespace, source: Source) -> None:
         raise UsageError("--batch-api with standard input needs --job-dir (the job folder goes next to FILE otherwise)")
     if args.tpm is not None:
         warn("--tpm does not apply to the Batch API (batches are outside the per-minute limits): ignored")
-        args.tpm = None
 
 
 def job_dir(args: argparse.Namespace, source: Source) -> Path:
@@ -83,19 +51,18 @@ def job_dir(args: argparse.Namespace, source: Source) -> Path:
     return source.path.with_name(source.path.name[: len(source.path.name) - len(source.path.suffix)] + JOB_SUFFIX)
 
 
-def _batch_price(args: argparse.Namespace, model: str) -> Any:
+def _batch_price(args: argparse.Namespace, model: str) -> Decimal | None:
     price = pricing.price_per_million(model, args.price_per_million)
     return None if price is None else price * pricing.BATCH_DISCOUNT
 
 
 def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator[Any], source: Source,
            note: Note) -> Any:
-    """Run the ingest as a Batch API job; returns the ingest's `Run` (what `summary.finish` reports)."""
-    from ..batch_api import BatchJob, Polling
-    from .ingest import RUN_STOPPING, _stopped
-    from .summary import Run
+    """Run the ingest as a Batch API job; returns the ingest's `Run` (what `summary.finish` reports).
 
-    outcome = Run()
+    The run's cost is at the batch price: half the standard one (or of --price-per-million).
+    """
+    outcome = Run(price_per_million=_batch_price(args, str(service.model)))
 
     def sections() -> Iterator[dict[str, Any]]:
         for record in records:
@@ -113,8 +80,6 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
         max_enqueued_tokens=args.batch_queue_tokens,
         polling=Polling(interval=args.poll_interval, max_interval=max(300.0, args.poll_interval)), on_status=note,
     )
-    # The summary's cost is the batch price: half the standard one (or of --price-per-million).
-    args.price_per_million = _batch_price(args, str(service.model))
     try:
         outcome.result = job.run(sections(), finish_online=args.finish_online)
     except KeyboardInterrupt as exc:
@@ -123,9 +88,9 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
     except JobFolderError as exc:  # raised before anything was read or sent: nothing to continue
         raise CliError(str(exc), EXIT_USAGE) from None
     except RUN_STOPPING as exc:
-        raise CliError(f"{_stopped(exc)}; {again}", EXIT_USAGE) from None
+        raise CliError(f"{stopped_message(exc)}; {again}", EXIT_USAGE) from None
     except (CoreError, OSError) as exc:  # e.g. the database went away half way
-        raise CliError(f"{_stopped(exc)}; {again}", EXIT_FAILED) from None
+        raise CliError(f"{stopped_message(exc)}; {again}", EXIT_FAILED) from None
     report = outcome.result
     batch = report.get("batch") or {}
     if batch:
@@ -140,9 +105,6 @@ def ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterator
 def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
     """Print the plan of a Batch API ingest of `source`: batches, tokens per batch against the queue
     budget, rounds of the queue, price at the batch rate; exit 1 when some sections would fail."""
-    from ..batch_api import plan_batches
-    from ..embed.service import EmbeddingService
-
     counts = {"records": 0, "unreadable": 0}
 
     def sections() -> Iterator[dict[str, Any]]:
@@ -172,7 +134,8 @@ def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
             "requests": plan["requests"], "inputs": plan["inputs"], "tokens": plan["tokens"],
             "bytes": plan["bytes"], "queue_tokens": plan["queue_budget"], "batch_token_cap": plan["batch_token_cap"],
             "largest_batch_tokens": plan["largest_batch_tokens"], "queue_rounds": plan["rounds"],
-            "price_per_million_usd": pricing.usd_text(price), "cost_usd": pricing.usd_text(cost),
+            "price_per_million_usd": pricing.usd_text(price),
+            "cost_usd": None if cost is None else float(cost), "cost_usd_exact": pricing.usd_text(cost),
         }))
         return EXIT_FAILED if failing else EXIT_OK
     print(f"dry run (Batch API): {source.label} ({source.fmt}), model {model}; nothing uploaded, embedded or stored")

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from ..secrets import Scrubber
 
-__all__ = ["SECRETS", "Note", "one_line", "prog", "warn"]
+__all__ = ["SECRETS", "Note", "one_line", "printable", "prog", "warn"]
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+"""Terminal control characters (C0, DEL, C1: ESC sequences can retitle or rewrite a terminal), bidi
+overrides (they reorder what is shown) and lone surrogates (they cannot be printed in UTF-8)."""
 
 SECRETS = Scrubber()
 """Every key and connection string this run has seen; scrubbed from anything printed or written."""
 
 
+def printable(text: str) -> str:
+    """`text` with every control character, bidi override and lone surrogate written as an escape
+    (``\\x1b``, ``\\u202e``, ``\\ud800``): what the input holds, shown without acting on the terminal."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def one_line(text: object) -> str:
-    """`text` scrubbed of secrets, on one line."""
-    return " ".join(SECRETS(str(text)).split())
+    """`text` scrubbed of secrets, on one line, control characters escaped (`printable`)."""
+    return printable(" ".join(SECRETS(str(text)).split()))
 
 
 def prog() -> str:

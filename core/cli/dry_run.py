@@ -1,10 +1,11 @@
 """``ingest --dry-run``: tokens, requests and cost of an ingest, without a key, an API call or a database.
 
-The sections are read and validated as the ingest would (`core.stores.ingest.validate_section`,
-first occurrence of an id wins) in the same windows, and each window's texts are
-planned by the embedding engine itself (`EmbeddingService.plan`: token counts,
-inputs that cannot be sent, identical texts sent once, packing under both caps),
-so the figures are what the ingest would send, never a second implementation.
+The sections are read, windowed (`core.engine.ingest_run.windows`) and validated by the
+ingest's own bookkeeping (`IngestRun.take_window`: validation, first occurrence
+of an id wins), and each window's texts are planned by the embedding engine
+(`EmbedPlan`: token counts, inputs that cannot be sent, identical texts sent
+once, packing under both caps), so the figures are what the ingest would send,
+never a second implementation.
 """
 
 from __future__ import annotations
@@ -12,72 +13,57 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from .. import pricing
+from ..engine.plan import EmbedPlan
+from ..engine.ingest_run import IngestRun, windows
 from ..limits import INGEST_WINDOW, MAX_TOKENS_PER_INPUT, MAX_TOKENS_PER_REQUEST, TOKENIZER_ENCODING
-from .parser import EXIT_FAILED, EXIT_OK
+from .console import printable
 from .sources import Source, open_records
+from .status import EXIT_FAILED, EXIT_OK
 
 __all__ = ["dry_run"]
 
 
-def _service(args: argparse.Namespace, model: str) -> Any:
-    from ..embed.service import EmbeddingService
+def dry_run(args: argparse.Namespace, source: Source, model: str, *, tpm: float | None) -> int:
+    """Print what ingesting `source` would cost; exit 1 when some sections would fail.
 
-    options: dict[str, Any] = {"max_batch_size": args.batch_size, "tokens_per_minute": args.tpm}
-    if args.tpm is not None and args.tpm < MAX_TOKENS_PER_INPUT:
-        options["max_tokens_per_input"] = max(1, int(args.tpm))  # as the ingest does
-    return EmbeddingService(api_key="dry-run", model=model, **options)  # never sends anything
-
-
-def dry_run(args: argparse.Namespace, source: Source, model: str) -> int:
-    """Print what ingesting `source` would cost; exit 1 when some sections would fail."""
-    from ..stores.ingest import section_text, validate_section
-
-    service = _service(args, model)
+    Args:
+        tpm: The tokens-per-minute budget the ingest would pace to (requests are sized to a share of it).
+    """
     counts: Counter[str] = Counter()
+    run = IngestRun(model)
+    # As the service does: a section above the whole per-minute budget can never be sent.
+    per_input = MAX_TOKENS_PER_INPUT if tpm is None or tpm >= MAX_TOKENS_PER_INPUT else max(1, int(tpm))
     target = MAX_TOKENS_PER_REQUEST
     example: str | None = None
 
-    def plan(texts: list[str]) -> None:
-        """One ingest window: its valid texts, as the service would send them."""
-        nonlocal target, example
-        embed_plan = service.plan(texts, max_batch_size=args.batch_size)
-        counts["requests"] += len(embed_plan.requests)
-        counts["tokens"] += sum(request.tokens for request in embed_plan.requests)
-        counts["too_long"] += len(embed_plan.errors)
-        example = example or next(iter(embed_plan.errors.values()), None)
-        target = int(getattr(embed_plan, "target", target))
-
-    try:
-        seen: set[int] = set()
-        window: list[str] = []
-        slots = 0  # sections handed to the ingest in this window (invalid ones take a slot too)
+    def sections() -> Iterator[Any]:
         for record in open_records(source):
             counts["records"] += 1
             if record.error is not None:
                 counts["unreadable"] += 1
                 continue
-            section = record.section
-            slots += 1
-            if validate_section(section) is not None or section["id"] in seen:
-                counts["invalid"] += 1
-            else:
-                seen.add(section["id"])
-                window.append(section_text(section["title"], section["content"]))
-            if slots == INGEST_WINDOW:
-                plan(window)
-                window, slots = [], 0
-        if window:
-            plan(window)
-    finally:
-        service.close()
-    return _report(args, source, model, counts, target, example)
+            yield record.section
+
+    for chunk in windows(sections(), INGEST_WINDOW):
+        window = run.take_window(chunk)
+        plan = EmbedPlan(window.texts, max_inputs=args.batch_size, max_tokens_per_request=MAX_TOKENS_PER_REQUEST,
+                         max_tokens_per_input=per_input, budget=tpm)
+        counts["requests"] += len(plan.requests)
+        counts["tokens"] += sum(request.tokens for request in plan.requests)
+        counts["too_long"] += len(plan.errors)
+        example = example or next(iter(plan.errors.values()), None)
+        target = plan.target
+    counts["invalid"] = run.counters.failed
+    return _report(args, source, model, counts, target, example, tpm)
 
 
 def _report(
-    args: argparse.Namespace, source: Source, model: str, counts: Counter[str], target: int, example: str | None
+    args: argparse.Namespace, source: Source, model: str, counts: Counter[str], target: int, example: str | None,
+    tpm: float | None,
 ) -> int:
     price = pricing.price_per_million(model, args.price_per_million)
     cost = pricing.estimate_cost(counts["tokens"], model, args.price_per_million)
@@ -89,25 +75,26 @@ def _report(
             "sections": counts["records"], "to_embed": counts["records"] - failing,
             "unreadable": counts["unreadable"], "invalid": counts["invalid"], "too_long": counts["too_long"],
             "tokens": counts["tokens"], "requests": counts["requests"],
-            "price_per_million_usd": pricing.usd_text(price), "cost_usd": pricing.usd_text(cost),
+            "price_per_million_usd": pricing.usd_text(price),
+            "cost_usd": None if cost is None else float(cost), "cost_usd_exact": pricing.usd_text(cost),
         }))
         return status
-    print(f"dry run: {source.label} ({source.fmt}), model {model}; nothing embedded or stored")
+    print(printable(f"dry run: {source.label} ({source.fmt}), model {model}; nothing embedded or stored"))
     detail = ")"
     if failing:
         detail = (f": {counts['unreadable']:,} unreadable, {counts['invalid']:,} invalid, "
                   f"{counts['too_long']:,} too long)")
     print(f"  sections: {counts['records']:,} ({counts['records'] - failing:,} to embed, {failing:,} would fail{detail}")
     if example:
-        print(f"  too long, e.g.: {example}")
+        print(printable(f"  too long, e.g.: {example}"))
     print(f"  tokens: {counts['tokens']:,} ({TOKENIZER_ENCODING}, exact)")
     print(f"  requests: {counts['requests']:,} (at most {args.batch_size:,} sections and {target:,} tokens each)")
     if cost is None:
         print(f"  cost: unknown (no price for {model}; pass --price-per-million USD)")
     else:
         print(f"  cost: {pricing.format_usd(cost)} (at ${price} per 1M tokens)")
-    if args.tpm:
-        print(f"  time: at least {counts['tokens'] / args.tpm:,.1f} min at {args.tpm:,.0f} tokens/min")
+    if tpm:
+        print(f"  time: at least {counts['tokens'] / tpm:,.1f} min at {tpm:,.0f} tokens/min")
     print("  (sections already stored unchanged would be skipped, at no cost)")
     if failing:
         print("  (run it without --dry-run to get the failing sections in a file with their reasons)")

@@ -4,8 +4,15 @@
 object per failed record, in file order — the record's own fields, plus
 ``_error`` (the reason), ``_code`` (``invalid_section``, ``duplicate_id``,
 ``embedding_failed``, ``store_failed``, ``unreadable``) and ``_line`` (its line in
-FILE). A line that was not JSON at all is kept as ``{"_raw": text}``. Fix the
-records and ingest the file: fields starting with ``_`` are ignored.
+FILE; in a JSON array also ``_element``, its index). A line that was not JSON at
+all is kept as ``{"_raw": text}``. Fix the records and ingest the file: fields
+starting with ``_`` are ignored.
+
+The file is UTF-8 JSON whatever it holds: a lone surrogate (JSON can carry
+``"\\ud800"``) is written as its ``\\uXXXX`` escape, so every string reads back
+as it was; a byte of FILE that was not UTF-8 is written as ``\\udcXX`` (XX: the
+byte), Python's ``surrogateescape`` convention, and reads back as unreadable with
+the same reason until it is fixed.
 
 Ingesting a ``*.failed.jsonl`` file writes what still fails back to that same
 file (never ``x.failed.failed.jsonl``); when nothing fails any more it is
@@ -15,16 +22,18 @@ removed, as is the failed-sections file of an earlier run of FILE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..readers import read_records
 from .console import one_line
-from .parser import UsageError
 from .sources import Source
+from .status import UsageError
 
 __all__ = ["FAILED_SUFFIX", "Failure", "failed_path", "write_failures"]
 
@@ -35,11 +44,27 @@ _NOT_SEEN = ("invalid_section", "duplicate_id")
 """Codes of sections the ingest refused before looking at their id's earlier uses."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class Failure(NamedTuple):
     line: int
     id: Any
     code: str
     reason: str
+    element: int | None = None
+    """Index of the record in a JSON array file (None for JSONL and CSV)."""
+
+    @property
+    def where(self) -> str:
+        """``line 7``, or in a JSON array ``element 3 (line 1)``."""
+        return f"line {self.line}" if self.element is None else f"element {self.element} (line {self.line})"
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """`entry` as one line of UTF-8-safe JSON: non-ASCII kept, every lone surrogate as its ``\\uXXXX`` escape."""
+    text = json.dumps(entry, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def is_failures_file(path: Path | None) -> bool:
@@ -79,7 +104,7 @@ def write_failures(path: Path, source: Source, failures: Sequence[dict[str, Any]
     first_line: dict[int, int] = {}  # id -> line of the section that kept it, for duplicates
     listed: list[Failure] = []
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:
+    with _replacing(tmp, path) as out:
         index = 0
         for record in read_records(source.path, source.fmt):
             section_id = record.section.get("id") if record.section else None
@@ -102,7 +127,20 @@ def write_failures(path: Path, source: Source, failures: Sequence[dict[str, Any]
             else:
                 entry = {"_raw": record.raw}
             entry.update({"_error": reason, "_code": code, "_line": record.line})
-            out.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-            listed.append(Failure(record.line, section_id, code, reason))
-    os.replace(tmp, path)
+            if record.element is not None:
+                entry["_element"] = record.element
+            out.write(json_line(entry) + "\n")
+            listed.append(Failure(record.line, section_id, code, reason, record.element))
     return listed
+
+
+@contextlib.contextmanager
+def _replacing(tmp: Path, path: Path) -> Any:
+    """A text file at `tmp` that replaces `path` when the block ends well, and is removed when it does not."""
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+            yield out
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -14,23 +14,19 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import errors
 from ..errors import CoreError
 from ..limits import INGEST_WINDOW, MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_INPUT
-from . import batch
+from . import batch, dry_run
 from .console import Note, warn
 from .failures import failed_path
-from .parser import EXIT_FAILED, EXIT_USAGE, CliError, UsageError
 from .progress import Metered, ProgressBar
 from .settings import check_table, dimensions, make_service, model
 from .sources import Source, open_records, resolve_source, total_records
+from .status import EXIT_FAILED, EXIT_USAGE, RUN_STOPPING, CliError, UsageError, stopped_message
 from .summary import Run, finish, interrupted
 from .targets import database, embedded_problem, open_supabase, postgres_store, prepare_load, select_target
 
 __all__ = ["run"]
-
-RUN_STOPPING = (errors.StoreError, errors.ConfigurationError, errors.MissingDependencyError, errors.EndpointError)
-"""Errors that stop the whole run and that the user must fix (exit 2, no failed-sections file)."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,25 +35,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at most {MAX_INPUTS_PER_REQUEST}, not {args.batch_size}")
     source = resolve_source(args.file, args.format)
     batch.check(args, source)
+    tpm = None if args.batch_api else args.tpm  # batches are outside the per-minute limits
     if args.dry_run and args.batch_api:
         return batch.dry_run(args, source, model(args))
     if args.dry_run:
-        from .dry_run import dry_run
-
-        return dry_run(args, source, model(args))
+        return dry_run.dry_run(args, source, model(args), tpm=tpm)
     failed_out = failed_path(args, source)
     size = dimensions(args)
     options: dict[str, Any] = {
         "max_batch_size": args.batch_size,
         "max_concurrency": args.concurrency,
-        "tokens_per_minute": args.tpm,
+        "tokens_per_minute": tpm,
     }
     if args.dimensions is not None:
         options["dimensions"] = args.dimensions
-    if args.tpm is not None and args.tpm < MAX_TOKENS_PER_INPUT:
+    if tpm is not None and tpm < MAX_TOKENS_PER_INPUT:
         # A section above the whole per-minute budget can never be sent: it fails alone.
-        options["max_tokens_per_input"] = max(1, int(args.tpm))
-    service = make_service(args, **options)
+        options["max_tokens_per_input"] = max(1, int(tpm))
+    service = make_service(model(args), **options)
     target = select_target(args)
     note = Note(args.quiet)
     started = time.monotonic()
@@ -120,23 +115,12 @@ def _ingest(args: argparse.Namespace, store: Any, service: Any, records: Iterato
         outcome.interrupted = exc
         outcome.result = dict(getattr(exc, "report", None) or {})
     except RUN_STOPPING as exc:
-        raise CliError(_stopped(exc), EXIT_USAGE) from None
+        raise CliError(stopped_message(exc), EXIT_USAGE) from None
     except (CoreError, OSError) as exc:  # e.g. the database went away half way
-        raise CliError(_stopped(exc), EXIT_FAILED) from None
+        raise CliError(stopped_message(exc), EXIT_FAILED) from None
     finally:
         bar.close()
     return outcome
-
-
-def _stopped(exc: BaseException) -> str:
-    """`exc`'s message, and what stays stored."""
-    report = getattr(exc, "report", None)
-    if not isinstance(report, dict):
-        return f"{exc}; sections stored before it stay stored (re-run to continue: they are skipped)"
-    stored = int(report.get("success_count", 0))
-    if not stored:
-        return f"{exc}; nothing was stored"
-    return f"{exc}; the {stored:,} sections stored before it stay stored (re-run to continue: they are skipped)"
 
 
 def _build_index(store: Any, note: Note) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 from .. import errors
 from ..errors import CoreError
 from .console import one_line, prog
-from .parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, build_parser
+from .parser import build_parser
+from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["main"]
 

@@ -13,35 +13,13 @@ from typing import NoReturn
 from .. import pricing
 from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MAX_CONCURRENCY, DEFAULT_MODEL, DEFAULT_TABLE, MAX_INPUTS_PER_REQUEST
 from ..readers import FORMATS
+from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, UsageError
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "CliError", "UsageError", "build_parser"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "JOB_SUFFIX", "CliError", "UsageError",
+           "build_parser"]
 
-EXIT_OK = 0
-"""Every section stored or skipped (or: the command did what it was asked)."""
-EXIT_FAILED = 1
-"""Some sections failed (each with its reason), or a dry run found sections that would."""
-EXIT_USAGE = 2
-"""A problem to fix before anything can work: options, file, key, endpoint, database."""
-EXIT_INTERRUPTED = 130
-"""Ctrl-C (SIGTERM / SIGHUP: 128 + the signal's number, as a shell reports it)."""
-
-
-class CliError(Exception):
-    """Ends the command with one line on stderr and `exit_code`."""
-
-    exit_code = EXIT_FAILED
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class UsageError(CliError):
-    """A problem the user can fix (option, file, key, database): exit status 2."""
-
-    exit_code = EXIT_USAGE
-
+JOB_SUFFIX = ".batch-job"
+"""``<FILE stem>.batch-job``: the default job folder of ``ingest --batch-api``, next to FILE."""
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (no usage block) and exit status 2."""
@@ -77,6 +55,12 @@ def _price(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(f"expected a price in USD >= 0, got {text!r}") from None
 
 
+def _database_url(text: str) -> str:
+    if not text.strip():  # `--database-url "$DATABASE_URL"` with the variable unset
+        raise argparse.ArgumentTypeError("empty (an unset variable?): pass a PostgreSQL URL, or leave the option out")
+    return text
+
+
 def _similarity(text: str) -> float:
     try:
         value = float(text)
@@ -103,12 +87,45 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         help="auto (default): --database-url, else --data-dir, else Supabase if SUPABASE_URL is set, "
         "else DATABASE_URL, else the embedded PostgreSQL",
     )
-    group.add_argument("--database-url", metavar="DSN", help="any PostgreSQL with pgvector (default: $DATABASE_URL)")
+    group.add_argument("--database-url", metavar="DSN", type=_database_url, help="any PostgreSQL with pgvector (default: $DATABASE_URL)")
     group.add_argument(
         "--data-dir", metavar="DIR",
         help="data folder of the embedded PostgreSQL (default: $CORE_DATA_DIR, else a per-user data folder; "
         "/var/lib/core-embeddings/pgdata as root)",
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def _add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """The Batch API options of ``ingest`` (run by `core.cli.batch`)."""
+    group = parser.add_argument_group("Batch API (half the price, results within 24 hours)")
+    group.add_argument(
+        "--batch-api", action="store_true",
+        help="embed through OpenAI's Batch API instead of online requests: uploads batch files, waits for them "
+        "and stores the results; run the same command again to continue after a crash (nothing is submitted twice)",
+    )
+    group.add_argument(
+        "--finish-online", action="store_true",
+        help="with --batch-api: embed online the requests that failed inside a batch",
+    )
+    group.add_argument("--job-dir", metavar="DIR",
+                       help=f"with --batch-api: the job folder (default: <FILE stem>{JOB_SUFFIX} next to FILE)")
+    group.add_argument("--batch-queue-tokens", type=_positive_int, default=None, metavar="N",
+                       help="with --batch-api: your account's enqueued-token limit for the model (the Batch API's "
+                       "queue; see your limits page): batches are built to fit it and go as it frees (default: "
+                       "what the job learned, else 3,000,000, the tier-1 figure, halved on each refusal)")
+    group.add_argument("--poll-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                       help="with --batch-api: first wait between looks at the batches; it grows to 5 minutes "
+                       "while nothing moves (default: %(default)s)")
 
 
 def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -151,14 +168,16 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="count tokens, requests and cost; embed and store nothing (exit 1 if some sections would fail)",
     )
     ingest.add_argument("--price-per-million", type=_price, metavar="USD", help="price per 1M tokens for the cost figure")
-    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON (every reason whole)")
+    ingest.add_argument(
+        "--wide", action="store_true",
+        help="print failure reasons whole, on their own lines (default: cut to fit 80 columns)",
+    )
     bar = ingest.add_mutually_exclusive_group()
     bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
     bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     _add_target_options(ingest)
-    from .batch import add_options as add_batch_options  # here: core.cli.batch imports this module
-
-    add_batch_options(ingest)
+    _add_batch_options(ingest)
     ingest.set_defaults(run="ingest")
 
 
@@ -201,4 +220,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="apply the schema to this database instead of printing it (no DSN: $DATABASE_URL)",
     )
     schema.set_defaults(run="schema")
+
+    db = commands.add_parser(
+        "db", help="the embedded PostgreSQL: connection string, running or not, --serve, --stop, --size",
+        description="Print the embedded PostgreSQL's data folder, whether its server runs and, while it runs, "
+        "its connection string (for DATABASE_URL). The folder: --data-dir, else $CORE_DATA_DIR, else the "
+        "per-user default (the one ingest and search use).",
+    )
+    db.add_argument("--data-dir", metavar="DIR", help="data folder of the embedded PostgreSQL (default: as ingest's)")
+    action = db.add_mutually_exclusive_group()
+    action.add_argument("--serve", action="store_true",
+                        help="start the server (creating the database if new) and keep it running until Ctrl-C")
+    action.add_argument("--stop", action="store_true", help="stop the server running on the folder")
+    action.add_argument("--size", action="store_true", help="also print rows per table and bytes on disk")
+    db.set_defaults(run="db")
     return parser

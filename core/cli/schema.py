@@ -9,7 +9,7 @@ import sys
 from ..errors import ConfigurationError
 from ..secrets import redact_dsn
 from .console import SECRETS
-from .parser import EXIT_OK, UsageError
+from .status import EXIT_OK, UsageError
 from .settings import dimensions
 
 __all__ = ["run"]

@@ -14,9 +14,9 @@ from typing import Any
 
 from ..errors import CoreError
 from ..limits import DEFAULT_MODEL, MODEL_DIMENSIONS
-from .console import Note
-from .parser import EXIT_OK, UsageError
-from .settings import check_table, dimensions, make_service, require_key
+from .console import Note, printable
+from .settings import check_table, dimensions, make_service, model, require_key
+from .status import EXIT_OK, UsageError
 from .targets import database, embedded_problem, open_supabase, postgres_store, select_target
 
 __all__ = ["run"]
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     require_key()
     with contextlib.ExitStack() as stack:
         if target.kind == "supabase":
-            service = make_service(args, dimensions=args.dimensions)
+            service = make_service(model(args), dimensions=args.dimensions)
             stack.callback(service.close)
             store = open_supabase(target, args.table, args.dimensions)
         else:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not hits:
         print("no sections found" + (f" with similarity >= {args.threshold}" if args.threshold is not None else ""))
     for hit in hits:
-        print(f"{float(hit['similarity']):.4f}  {hit['section_id']:>8}  {hit.get('title') or ''}")
+        print(printable(f"{float(hit['similarity']):.4f}  {hit['section_id']:>8}  {hit.get('title') or ''}"))
     return EXIT_OK
 
 
@@ -65,13 +65,13 @@ def _open_postgres(
     size = state.dimensions or dimensions(args)
     if args.dimensions is not None and args.dimensions != size:
         raise UsageError(f"table {args.table!r} holds {size}-dimensional vectors, not {args.dimensions}")
-    args.model = args.model or state.model or DEFAULT_MODEL
-    if state.model and args.model != state.model:
-        note(f"note: the table's sections were embedded with {state.model}, the query with {args.model}")
+    query_model = args.model or state.model or DEFAULT_MODEL
+    if state.model and query_model != state.model:
+        note(f"note: the table's sections were embedded with {state.model}, the query with {query_model}")
     options: dict[str, Any] = {}
-    if args.dimensions is not None or MODEL_DIMENSIONS.get(args.model) != size:
+    if args.dimensions is not None or MODEL_DIMENSIONS.get(query_model) != size:
         options["dimensions"] = size
-    service = make_service(args, **options)
+    service = make_service(query_model, **options)
     stack.callback(service.close)
     # pgvector built for AVX-512 on a CPU without it: `vector` distances crash, `halfvec` ones work.
     store = postgres_store(dsn, args.table, size, halfvec_scan=bool(embedded_problem(target)))

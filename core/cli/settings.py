@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..limits import DEFAULT_MODEL, model_dimensions
 from .console import SECRETS
-from .parser import UsageError
+from .status import UsageError
 
 __all__ = ["check_table", "dimensions", "make_service", "model", "require_key"]
 
@@ -51,12 +51,12 @@ def require_key() -> None:
         )
 
 
-def make_service(args: argparse.Namespace, **options: Any) -> Any:
-    """The `EmbeddingService` for `args.model` with `options`; the key comes from the environment."""
+def make_service(model_name: str, **options: Any) -> Any:
+    """The `EmbeddingService` for `model_name` with `options`; the key comes from the environment."""
     require_key()
-    from ..embed.service import EmbeddingService
+    from ..embed.service import EmbeddingService  # the openai SDK (~1 s): only for commands that embed
 
     try:
-        return EmbeddingService(model=model(args), **options)
+        return EmbeddingService(model=model_name, **options)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..readers import InputFileError, SourceRecord, count_records, detect_format, read_records
-from .parser import UsageError
+from .status import UsageError
 
 __all__ = ["STDIN", "Source", "open_records", "resolve_source", "total_records"]
 

@@ -1,25 +1,33 @@
-"""How an ingest ends: the summary (at most 80 columns a line), the failed-sections file, the exit status."""
+"""How an ingest ends: the summary, the failed-sections file, the exit status.
+
+The summary fits 80 columns a line: a longer failure reason is cut there, and
+printed whole on its own lines with ``--wide``; ``--json`` and the
+failed-sections file always carry every reason whole.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .. import pricing
-from .console import one_line, prog, warn
+from .console import one_line, printable, prog, warn
 from .failures import Failure, write_failures
-from .parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .sources import Source
+from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 __all__ = ["Run", "finish", "interrupted"]
 
 WIDTH = 80
-"""Columns of the terminal the summary must fit (longer failure reasons are cut; the file has them whole)."""
+"""Columns of the terminal the summary must fit (longer failure reasons are cut unless --wide; the file
+and --json have them whole)."""
 SHOWN_FAILURES = 5
 
 
@@ -31,6 +39,12 @@ class Run:
     unreadable: int = 0
     result: dict[str, Any] = field(default_factory=dict)
     interrupted: BaseException | None = None
+    price_per_million: Decimal | None = None
+    """USD per 1M tokens for the cost figure when it is not the standard one (the Batch API's half price);
+    None: --price-per-million, else the model's list price."""
+
+    def price(self, args: argparse.Namespace) -> Decimal | str | None:
+        return self.price_per_million if self.price_per_million is not None else args.price_per_million
 
 
 def _fit(text: str) -> str:
@@ -46,7 +60,7 @@ def _totals(args: argparse.Namespace, run: Run, model: str, elapsed: float) -> t
         "failed": int(result.get("failed_count", 0)) + run.unreadable,
         "tokens": int(result.get("total_tokens", 0)),
     }
-    cost = pricing.estimate_cost(counts["tokens"], model, args.price_per_million)
+    cost = pricing.estimate_cost(counts["tokens"], model, run.price(args))
     cost_text = pricing.format_usd(cost) if cost is not None else f"unknown (no price for {model})"
     lines = [
         f"stored {counts['stored']:,}, skipped {counts['skipped']:,}, failed {counts['failed']:,} "
@@ -56,9 +70,28 @@ def _totals(args: argparse.Namespace, run: Run, model: str, elapsed: float) -> t
     return counts, lines
 
 
-def _json(counts: dict[str, int], args: argparse.Namespace, model: str, elapsed: float, **extra: Any) -> str:
-    cost = pricing.estimate_cost(counts["tokens"], model, args.price_per_million)
-    return json.dumps({**counts, "cost_usd": pricing.usd_text(cost), "elapsed_seconds": round(elapsed, 3), **extra})
+def _json(counts: dict[str, int], run: Run, args: argparse.Namespace, model: str, elapsed: float, **extra: Any) -> str:
+    """The summary as one JSON object: ``cost_usd`` a number (None when unknown), ``cost_usd_exact`` its exact
+    decimal string."""
+    cost = pricing.estimate_cost(counts["tokens"], model, run.price(args))
+    return json.dumps({
+        **counts, "cost_usd": None if cost is None else float(cost), "cost_usd_exact": pricing.usd_text(cost),
+        "elapsed_seconds": round(elapsed, 3), **extra,
+    })
+
+
+def _reason_lines(head: str, reason: str, wide: bool) -> list[str]:
+    """`head` and `reason` on one line of at most WIDTH columns; with `wide`, a longer one whole, wrapped below."""
+    line = f"{head}: {reason}"
+    if len(line) <= WIDTH or not wide:
+        return [_fit(line)]
+    return [f"{head}:", *textwrap.wrap(reason, WIDTH - 4, initial_indent="    ", subsequent_indent="    ",
+                                       break_long_words=True, break_on_hyphens=False)]
+
+
+def _say(*lines: str) -> None:
+    """Summary lines on stdout, the input's control characters escaped (`printable`)."""
+    print("\n".join(printable(line) for line in lines))
 
 
 def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path, model: str, elapsed: float) -> int:
@@ -78,21 +111,26 @@ def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path,
         removed = True
 
     if args.json:
-        failures = [{"line": f.line, "id": f.id, "code": f.code, "reason": f.reason} for f in listed]
-        print(_json(counts, args, model, elapsed, failed_file=written, failures=failures))
+        failures = [{"line": f.line, "element": f.element, "id": f.id, "code": f.code, "reason": f.reason}
+                    for f in listed]
+        print(_json(counts, run, args, model, elapsed, failed_file=written, failures=failures))
         return EXIT_FAILED if counts["failed"] else EXIT_OK
-    print("\n".join(lines))
-    for failure in listed[:SHOWN_FAILURES]:
-        where = f"line {failure.line}" + (f" (id {failure.id})" if failure.id is not None else "")
-        print(_fit(f"  {where}: {failure.reason}"))
+    _say(*lines)
+    wide = bool(args.wide)
+    shown = [(printable(f.where + (f" (id {f.id})" if f.id is not None else "")), f.reason)
+             for f in listed[:SHOWN_FAILURES]]
     if len(listed) > SHOWN_FAILURES:
         reason, times = Counter(f.reason for f in listed).most_common(1)[0]
-        print(_fit(f"  ... {len(listed) - SHOWN_FAILURES:,} more; most common ({times:,}x): {reason}"))
+        shown.append((f"... {len(listed) - SHOWN_FAILURES:,} more; most common ({times:,}x)", reason))
+    for where, reason in shown:
+        _say(*_reason_lines(f"  {where}", reason, wide))
+    if not wide and any(len(f"  {where}: {reason}") > WIDTH for where, reason in shown):
+        _say(f"(cut at {WIDTH} columns: --wide shows them whole; so do --json and the failed-sections file)")
     if written:
-        print(f"failed sections written to {written}")
-        print(f"fix them, then run: {prog()} ingest {written}")
+        _say(f"failed sections written to {written}")
+        _say(f"fix them, then run: {prog()} ingest {written}")
     elif removed:
-        print(f"nothing failed: removed {failed_out}")
+        _say(f"nothing failed: removed {failed_out}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
@@ -103,7 +141,7 @@ def interrupted(args: argparse.Namespace, run: Run, model: str, elapsed: float) 
     status = int(signal_exit or EXIT_INTERRUPTED)
     if run.result:
         counts, lines = _totals(args, run, model, elapsed)
-        print(_json(counts, args, model, elapsed, interrupted=True) if args.json else "\n".join(lines), flush=True)
+        print(_json(counts, run, args, model, elapsed, interrupted=True) if args.json else "\n".join(lines), flush=True)
         stored = counts["stored"]
         what = f"{stored:,} section{'s' if stored != 1 else ''} stored" if stored else "nothing stored"
         message = f"interrupted: {what} (they stay stored; re-run to continue: stored sections are skipped)"

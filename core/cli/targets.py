@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..secrets import redact_dsn
 from .console import SECRETS, Note, one_line
-from .parser import UsageError
+from .status import UsageError
 
 __all__ = ["Target", "database", "embedded_problem", "open_supabase", "postgres_store", "prepare_load", "select_target"]
 

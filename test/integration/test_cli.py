@@ -16,6 +16,7 @@ and the one that searches there uses 8-dimensional vectors.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import math
 import re
 from collections.abc import Iterator
@@ -105,7 +106,7 @@ def test_rerun_skips_everything_without_calling_the_api(embedded: dict[str, Any]
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert (summary["stored"], summary["skipped"], summary["failed"], summary["tokens"]) == (0, 40, 0, 0)
-    assert summary["cost_usd"] == "0"
+    assert summary["cost_usd"] == 0 and isinstance(summary["cost_usd"], float) and summary["cost_usd_exact"] == "0"
     assert openai_server.stats()["requests"] == 0
 
 
@@ -135,7 +136,9 @@ def test_dry_run_counts_tokens_requests_and_cost_without_key_or_database(embedde
     assert report["tokens"] == embedded["stats"]["tokens_ok"]  # what the real run sent
     assert report["requests"] == 1 == embedded["stats"]["requests"]
     assert report["sections"] == report["to_embed"] == 40
-    assert float(report["cost_usd"]) == pytest.approx(tokens * 0.02 / 1e6)
+    assert isinstance(report["cost_usd"], float)  # issue #21: a number, for scripts
+    assert report["cost_usd"] == pytest.approx(tokens * 0.02 / 1e6)
+    assert Decimal(report["cost_usd_exact"]) == Decimal(tokens) * Decimal("0.02") / 1_000_000  # exact
 
 
 def test_dry_run_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +158,8 @@ def test_dry_run_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert cost and float(cost.group(1)) == pytest.approx(tokens * 0.13 / 1e6, rel=5e-3)
     assert "cost: unknown" in dry("--model", "my-local-model")
     priced = json.loads(dry("--model", "my-local-model", "--price-per-million", "1000", "--json"))
-    assert float(priced["cost_usd"]) == pytest.approx(tokens / 1000)
+    assert priced["cost_usd"] == pytest.approx(tokens / 1000) and priced["cost_usd_exact"] == str(Decimal(tokens) / 1000)
+    assert json.loads(dry("--model", "my-local-model", "--json"))["cost_usd"] is None  # unknown price: null
     # A TPM budget caps the tokens of one request: 40 sections of ~45 tokens under 500 per request.
     assert json.loads(dry("--tpm", "500", "--json"))["requests"] >= tokens / 500
 

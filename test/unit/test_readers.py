@@ -83,10 +83,48 @@ def test_jsonl_bad_lines_become_failures_and_reading_goes_on() -> None:
     assert validate_section(got[3].section) == "missing 'content'"
 
 
-def test_jsonl_invalid_utf8_is_kept_and_fails_validation() -> None:
-    got = records("jsonl", b'{"id": 1, "title": "t", "content": "caf\xe9"}\n')
+def test_jsonl_invalid_utf8_names_the_byte_line_and_column() -> None:
+    # Issue #15 item 15: a Latin-1 byte was "lone surrogate at position 3".
+    got = records("jsonl", b'{"id": 1, "title": "t", "content": "ok"}\n{"id": 2, "title": "t", "content": "caf\xe9"}\n')
+    assert got[0].error is None and got[0].section["content"] == "ok"
+    assert got[1].section is None
+    assert got[1].error == "not UTF-8 (byte 0xE9 at line 2, column 40)"
+    assert got[1].raw.encode("utf-8", "surrogateescape").endswith(b'"caf\xe9"}')  # the bytes as read
+
+
+def test_json_array_invalid_utf8_names_the_element_line_and_column() -> None:
+    data = b'[{"id": 1, "title": "t", "content": "a"},\n {"id": 2, "title": "t", "content": "caf\xe9"}]'
+    got = records("json", data)
+    assert got[0].error is None and got[0].element == 0
+    assert got[1].section is None and got[1].element == 1
+    assert got[1].error == "not UTF-8 (byte 0xE9 at line 2, column 41)"  # line 2 starts with a space
+    assert got[1].where == "element 1 (line 2)"
+
+
+def test_csv_invalid_utf8_names_the_byte_line_and_field() -> None:
+    got = records("csv", b'id,title,content\n1,t,fine\n2,"two\nlines",caf\xe9\n')
     assert got[0].error is None
-    assert "not valid Unicode" in validate_section(got[0].section)
+    assert got[1].section is None and got[1].error == "not UTF-8 (byte 0xE9 at line 4, in field 'content')"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+@pytest.mark.parametrize(("encoding", "name"), [("utf-16", "UTF-16-LE"), ("utf-32", "UTF-32-LE"),
+                                                 ("utf-16-be", "UTF-16-BE")])
+def test_a_utf16_or_utf32_file_is_refused_naming_its_encoding(fmt: str, encoding: str, name: str) -> None:
+    text = '{"id": 1, "title": "t", "content": "c"}\n' if fmt == "jsonl" else (
+        '[{"id": 1, "title": "t", "content": "c"}]' if fmt == "json" else "id,title,content\n1,t,c\n")
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    with pytest.raises(InputFileError, match=f"is {name} .*not UTF-8"):
+        records(fmt, data)
+
+
+def test_json_array_on_one_line_gives_each_failure_its_element() -> None:
+    got = records("json", b'[{"id": 1, "title": "t", "content": "c"}, 7, {"id": 3, "title": "t"}]')
+    assert [r.line for r in got] == [1, 1, 1]
+    assert [r.element for r in got] == [0, 1, 2]
+    assert got[1].where == "element 1 (line 1)" and "element 1 is not an object" in got[1].error
 
 
 # --- JSON arrays -------------------------------------------------------------------------------
@@ -97,7 +135,7 @@ def test_json_array_elements_lines_and_ids() -> None:
     got = records("json", data)
     assert [r.line for r in got] == [2, 3, 4]
     assert got[0].section == {"id": 10, "title": "a", "content": "b"}
-    assert got[1].section is None and "array element 2 is not an object" in got[1].error
+    assert got[1].section is None and "element 1 is not an object" in got[1].error and got[1].element == 1
     assert got[2].section["id"] == 12
 
 
