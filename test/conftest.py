@@ -1,5 +1,7 @@
 """Test-suite fixtures and layout.
 
+- ``test_embedding_service.py``, ``test_supabase_store.py``: the seed's tests, at
+  the seed's paths so its verify commands run as written.
 - ``unit/``: fast, in-process tests (fakes, respx); no server is started.
 - ``integration/``: tests that start PostgreSQL or local HTTP servers on
   127.0.0.1; every test there is marked ``integration`` (``-m "not integration"``
