@@ -320,3 +320,75 @@ def test_failure_reasons_mask_a_url_password_an_error_carries() -> None:
     reason = batch.errors[0]
     assert "pw-123" not in reason and "S3cret" not in reason
     assert "http://gw-user:***@localhost:9/v1/embeddings" in reason
+
+
+# --- edges the mutation run found untested (bench/README.md, "Mutation testing") ---------------
+
+
+@PROPERTY
+@given(st.text(string.ascii_letters + string.digits + "-_.", min_size=MIN_SECRET_LENGTH, max_size=SUBSTRING_SECRET_LENGTH - 1),
+       st.sampled_from(["x", "7", "_"]))
+def test_a_word_character_glued_to_a_short_secret_counts_only_on_a_word_edge(secret: str, glue: str) -> None:
+    """Glued to a word character, a short secret stands as a value only where its own edge is not one."""
+    before = redact(f"{glue}{secret} ", secret)
+    after = redact(f" {secret}{glue}", secret)
+    assert before == (f"{glue}{secret} " if re.match(r"\w", secret[0]) else f"{glue}{MASK} ")
+    assert after == (f" {secret}{glue}" if re.match(r"\w", secret[-1]) else f" {MASK}{glue}")
+
+
+def test_touching_secrets_become_one_mask() -> None:
+    first, second = "A" * SUBSTRING_SECRET_LENGTH, "B" * SUBSTRING_SECRET_LENGTH
+    assert redact(f"<{first}{second}>", first, second) == f"<{MASK}>"
+    assert redact(f"<{first} {second}>", first, second) == f"<{MASK} {MASK}>"
+
+
+def test_scheme_case_and_passwords_with_colons() -> None:
+    assert redact_dsn("PostgreSQL://app:Pw12@h/db") == f"PostgreSQL://app:{MASK}@h/db"
+    dsn = "postgresql://app:pa:ss@h/db"  # an unescaped ":" in the password: everything after the first
+    assert scrub_dsn("libpq: pa:ss (and ss alone)", dsn) == f"libpq: {MASK} (and ss alone)"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "lone"),
+    [
+        ("postgresql://h/db?user=app&password=Qu3ryPw", ["Qu3ryPw"]),
+        ("postgresql://app:one1pw@h/db?password=two2pw", ["one1pw", "two2pw"]),
+        ("host=h user=app password='se cret' dbname=db", ["se cret"]),
+        (r"host=h user=app password='it\'s mine' dbname=db", ["it's mine"]),
+    ],
+)
+def test_every_password_of_a_dsn_is_masked_alone(dsn: str, lone: list[str]) -> None:
+    message = "server said: " + ", ".join(f'"{p}"' for p in lone)
+    assert scrub_dsn(message, dsn) == "server said: " + ", ".join(f'"{MASK}"' for _ in lone)
+    assert Scrubber(dsns=[dsn])(f"{dsn} failed") == f"{redact_dsn(dsn)} failed"
+
+
+def test_dsn_passwords_lists_every_spelling_longest_first() -> None:
+    from core.secrets import dsn_passwords
+
+    assert dsn_passwords("postgresql://app:pa%40ss@h/db") == ["pa%40ss", "pa@ss"]
+    assert dsn_passwords(r"password='a\'bcd'") == ["'a\\'bcd'", "a'bcd"]
+    assert dsn_passwords("postgresql://app@h/db") == []
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("postgresql://postgres:postgres@h/postgres", "role postgres on db postgres"),
+        ("postgresql://other:appdb@h/appdb", "database appdb does not exist"),
+        ("postgresql://other:5432@h:5432/x", "port 5432 refused"),
+        ("host=h user=postgres password=postgres dbname=x", "role postgres"),
+        ("host=h user='admin' password=admin dbname=x", "role admin"),
+        ("HOST=h USER=admin PASSWORD=admin", "role admin"),
+    ],
+)
+def test_a_password_that_is_also_a_public_part_is_not_masked_alone(dsn: str, message: str) -> None:
+    assert scrub_dsn(message, dsn) == message
+    assert "admin" not in redact_dsn(dsn).partition("assword=")[2]
+
+
+def test_scrubber_ignores_missing_and_short_values() -> None:
+    scrub = Scrubber(secrets=[None, "", "abc"], dsns=[None, ""])
+    assert scrub.secrets == set() and scrub.dsns == set()
+    assert scrub("abc stays") == "abc stays"
+    assert repr(scrub) == "Scrubber(0 secrets, 0 DSNs)"
