@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cli_helpers import EXAMPLE, in_process, one_line_error  # noqa: F401  (fixtures)
 
-from core.schema import apply_schema
+from core.stores.schema import apply_schema
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,7 @@ signal really arrives:
 - connecting to a database that accepted the TCP connection and never answers
   (``ingest``, ``search``, ``schema --apply``);
 - inside a database statement that waits on a lock another session holds
-  (``schema --apply`` on its advisory lock, ``ingest`` reading a locked table,
-  ``search`` probing one);
+  (``schema --apply``, ``ingest`` and ``search`` on a table another session has locked);
 - waiting for the embeddings endpoint (``search``'s query, ``ingest``'s sections).
 
 Each must say one line ("interrupted ..."), print no traceback, and return the
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 from cli_helpers import EXAMPLE, clean_env, start_cli
 
-from core.schema import apply_schema
+from core.stores.schema import apply_schema
 
 pytestmark = pytest.mark.integration
 
@@ -151,18 +150,20 @@ def test_connecting_to_a_silent_database(
 
 
 @SIGNALS
-def test_schema_apply_waiting_for_its_lock(
+def test_schema_apply_waiting_on_a_locked_table(
     signum: int, code: int, pg_dsn: str, pg_conn: Any, locker: Any, fake_openai: Any
 ) -> None:
-    locker.execute("select pg_advisory_lock(hashtext('core.schema:' || 'sig_schema'))")
-    locker.commit()  # a session lock: held after the commit
+    """The table exists and another session holds it: the script's first statement on it waits."""
+    apply_schema(pg_dsn, table="sig_schema", dimensions=8, with_index=False)
+    locker.execute("lock table sig_schema in access exclusive mode")  # held: the transaction stays open
     proc = start_cli("schema", "--apply", pg_dsn, "--table", "sig_schema", "--dimensions", "8",
                      env=clean_env(fake_openai))
     wait_for(lambda: waiting_on_lock(pg_conn), proc, "schema --apply waited on the lock")
     stop(proc, signum, code)
-    locker.execute("select pg_advisory_unlock_all()")
-    locker.commit()
-    assert pg_conn.execute("select to_regclass('sig_schema')").fetchone()[0] is None  # rolled back, not half made
+    locker.rollback()
+    # rolled back, not half made: the index the interrupted script would have added is not there
+    assert pg_conn.execute("select count(*) from pg_indexes where tablename = 'sig_schema' "
+                           "and indexdef ilike '%hnsw%'").fetchone()[0] == 0
 
 
 @SIGNALS
