@@ -5,12 +5,13 @@ secret left in place: messages are built from secrets and separators drawn
 from two disjoint alphabets, so after masking *no character* of the secrets'
 alphabet may remain (a fragment such as ``-xyz`` of ``hunter2-xyz`` fails).
 
-Planted bugs each test here was run against (see bench/README.md, "Mutation testing"):
-- only the first occurrence of a secret masked: `test_every_occurrence_of_every_secret_is_masked`;
+Bugs planted in core/secrets.py (and reverted) to check these tests (bench/README.md, "Mutation testing"):
+- only the first occurrence of a secret masked: `test_every_occurrence_of_every_secret_is_masked`
+  (and four more);
 - secrets masked one after another, shortest first: `test_every_occurrence_of_every_secret_is_masked`,
-  `test_prefix_secrets_leave_no_fragment`;
+  `test_prefix_secrets_leave_no_fragment`, `test_touching_secrets_become_one_mask`;
 - the Scrubber skipping its connection strings: `test_scrubber_masks_every_spelling_of_a_dsn_password`,
-  `test_cli_scrubbing_layer_masks_what_the_cli_registered`.
+  `test_cli_scrubbing_layer_masks_what_the_cli_registered`, `test_every_password_of_a_dsn_is_masked_alone`.
 """
 
 from __future__ import annotations
