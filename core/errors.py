@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .secrets import strip_url_userinfo
+
 __all__ = [
     "CoreError",
     "ConfigurationError",
@@ -131,7 +133,7 @@ class EndpointError(AllRequestsFailedError):
     """
 
     def __init__(self, message: str, *, url: str | None = None, **kw: Any) -> None:
-        self.url = url
+        self.url = strip_url_userinfo(url) if url else url
         super().__init__(message, **kw)
 
 

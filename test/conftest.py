@@ -1,5 +1,7 @@
 """Test-suite fixtures and layout.
 
+- ``test_embedding_service.py``, ``test_supabase_store.py``: the seed's tests, at
+  the seed's paths so its verify commands run as written.
 - ``unit/``: fast, in-process tests (fakes, respx); no server is started.
 - ``integration/``: tests that start PostgreSQL or local HTTP servers on
   127.0.0.1; every test there is marked ``integration`` (``-m "not integration"``
@@ -9,12 +11,21 @@
 - ``servers/``: test-only servers run in their own processes (``servers.postgrest_server``).
 
 Each fixture family lives in its own module; imported here so pytest sees them.
+
+In CI (``CI`` set to anything but empty, 0, false or no) a skipped test or module
+fails the run instead: every skip this suite can take is a required component
+missing (the embedded PostgreSQL package, pgvector's HNSW on this CPU, the
+PostgREST stand-in, psutil/psycopg), and a green run that tested none of it
+would be a lie. Locally a skip stays a skip, with its reason in the summary.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +57,43 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         import gc
 
         gc.collect()
+
+
+CI_SKIP_FAILURE = (
+    "CI={ci}: a required component was skipped, which fails a CI run: {reason} "
+    "(install the dev extra: pip install -e '.[dev]'; unset CI to let it skip locally)"
+)
+
+
+def in_ci() -> bool:
+    """True when ``CI`` is set to anything but empty, 0, false or no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skip_reason(longrepr: Any) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_skip(report: Any) -> None:
+    report.outcome = "failed"
+    report.longrepr = CI_SKIP_FAILURE.format(ci=os.environ.get("CI"), reason=_skip_reason(report.longrepr))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI, a skipped test (a fixture's or the test's own ``pytest.skip``) is a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        _fail_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """In CI, a module skipped at import (``importorskip``) is a collection error."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if in_ci() and report.skipped:
+        _fail_skip(report)

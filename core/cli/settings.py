@@ -44,6 +44,7 @@ def require_key() -> None:
     """The OpenAI key is set (and known to the scrubber), or a UsageError saying how to set it."""
     key = os.environ.get("OPENAI_API_KEY")
     SECRETS.add(key)
+    SECRETS.add_dsn(os.environ.get("OPENAI_BASE_URL"))  # a user:password@ in it is a credential too
     if not key:
         raise UsageError(
             "no OpenAI API key: set OPENAI_API_KEY (for a local OpenAI-compatible server, set "

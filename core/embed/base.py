@@ -40,6 +40,7 @@ from ..limits import (
     MAX_TOKENS_PER_REQUEST,
 )
 from ..engine.ratelimit import RateLimiter
+from ..secrets import strip_url_userinfo
 
 __all__ = ["EmbeddingServiceBase", "OutputFormat"]
 
@@ -151,14 +152,16 @@ class EmbeddingServiceBase:
         if client is not None:
             self.client = client
             api_key = None
-            self.base_url = str(getattr(client, "base_url", "") or "") or None
+            self.base_url = strip_url_userinfo(str(getattr(client, "base_url", "") or "")) or None
         else:
             api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
             if not api_key:
                 raise ConfigurationError(
                     "no OpenAI API key: pass EmbeddingService(api_key=...) or set OPENAI_API_KEY"
                 )
-            self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+            # For messages, reprs and job files only: the client keeps the URL as given
+            # (httpx sends its user:password as Basic auth); nothing we print needs them.
+            self.base_url = strip_url_userinfo(base_url or os.environ.get("OPENAI_BASE_URL") or "") or None
             self.client = self._make_client(api_key, base_url, timeout)
         self._api_key = api_key
         self.attempts = Attempts(

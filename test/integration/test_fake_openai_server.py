@@ -74,8 +74,9 @@ def test_sdk_default_base64_decodes_to_expected_vectors(client, raw, fake_openai
 
 def test_float_format_round_trips_float32_exactly(client):
     resp = client.embeddings.create(model=SMALL, input=TEXTS, encoding_format="float")
-    for d, text in zip(resp.data, TEXTS):
-        assert isinstance(d.embedding, list) and isinstance(d.embedding[0], float)
+    assert len(TEXTS) >= 2 and [d.index for d in resp.data] == list(range(len(TEXTS)))
+    for d, text in zip(resp.data, TEXTS, strict=True):
+        assert isinstance(d.embedding, list) and len(d.embedding) == 1536 and isinstance(d.embedding[0], float)
         np.testing.assert_array_equal(np.asarray(d.embedding, dtype=np.float32), expected_embedding(text))
 
 

@@ -18,6 +18,7 @@ import pytest
 from core.errors import StoreError
 from core.engine.rows import Row
 from core.stores.schema import apply_schema
+from core.stores.supabase_errors import ResponseError
 from core.supabase_store import SupabaseStore
 from servers.postgrest_server import FakePostgREST
 
@@ -101,9 +102,9 @@ def test_unreachable_url() -> None:
 
 
 def test_a_missing_table_stops_fetch_hashes_too(rest: FakePostgREST) -> None:
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ResponseError) as caught:
         make_store(rest.url).fetch_hashes([1, 2, 3])
-    assert getattr(caught.value, "code", None) == "PGRST205"
+    assert caught.value.code == "PGRST205" and caught.value.status_code == 404
 
 
 def test_an_empty_table_of_another_width_stops_after_the_probe(rest: FakePostgREST, pg_dsn: str, fake_openai: Any) -> None:

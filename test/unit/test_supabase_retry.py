@@ -23,6 +23,7 @@ from core import limits, supabase_store
 from core.errors import StoreError
 from core.engine.retry import RetryPolicy
 from core.engine.rows import Row, vector_literal
+from core.stores.supabase_errors import ResponseError
 from core.supabase_store import SupabaseStore, row_retry_delay
 
 URL = "http://127.0.0.1:54321"
@@ -151,10 +152,20 @@ class TestSecrets:
         assert failures == {1: "PGRST301: JWT *** is invalid; also tried *** and ***"}
         assert spy.call_count >= 1 and spy.call_args.args[1] == KEY
 
-    def test_the_store_has_no_masking_of_its_own(self):
-        import inspect
+    def test_the_store_masks_through_core_secrets_only(self, router, sleeps, monkeypatch):
+        """Behaviour, not source text: with core.secrets' redact swapped for a marker, the
+        store's failure reasons carry the marker and no mask of the store's own."""
+        seen: list[tuple[str, ...]] = []
 
-        assert '"***"' not in inspect.getsource(supabase_store)
+        def marker(text: str, *secrets: str | None) -> str:
+            seen.append(tuple(s for s in secrets if s))
+            return "<redacted by core.secrets>"
+
+        monkeypatch.setattr(supabase_store, "redact", marker)
+        router.post(TABLE_PATH).mock(return_value=error(401, "PGRST301", f"JWT {KEY} is invalid"))
+        failures = make_store(sleeps).write_rows(make_rows([1, 2]))
+        assert failures == {1: "<redacted by core.secrets>", 2: "<redacted by core.secrets>"}
+        assert seen and all(KEY in secrets for secrets in seen)
 
 
 # --- preflight -----------------------------------------------------------------------------------
@@ -176,10 +187,18 @@ class TestPreflight:
 
     @pytest.mark.parametrize("dimensions", [4, None])
     def test_matching_width_empty_table_or_unknown_width_pass(self, router, sleeps, dimensions):
+        """Preflight returns None after exactly one select (no retry, no sleep), for a row of
+        the expected width (or any width when none is expected) and for an empty table."""
+        for answer in (one_row("[0.5,0.25,1,2]"), httpx.Response(200, json=[])):
+            get = router.get(TABLE_PATH).mock(return_value=answer)
+            get.reset()
+            assert make_store(sleeps).preflight(dimensions) is None
+            assert get.call_count == 1
+        assert sleeps == []
+        # The same row under a different expected width is refused: the pass above is not vacuous.
         router.get(TABLE_PATH).mock(return_value=one_row("[0.5,0.25,1,2]"))
-        make_store(sleeps).preflight(dimensions)
-        router.get(TABLE_PATH).mock(return_value=httpx.Response(200, json=[]))
-        make_store(sleeps).preflight(dimensions)
+        with pytest.raises(StoreError, match="4-dimensional"):
+            make_store(sleeps).preflight(8)
 
     @pytest.mark.parametrize("embedding", ["[0.5,0.25,1]", [0.5, 0.25, 1.0]], ids=["pgvector-text", "json-array"])
     def test_wrong_width_is_refused_naming_both(self, router, sleeps, embedding):
@@ -273,14 +292,14 @@ class TestFetchHashes:
             router.get(TABLE_PATH).mock(side_effect=answer)
         else:
             router.get(TABLE_PATH).mock(return_value=answer())
-        with pytest.raises(Exception) as caught:
+        expected = httpx.ConnectError if kind == "ConnectError" else ResponseError
+        with pytest.raises(expected) as caught:
             make_store(sleeps).fetch_hashes([1, 2])
-        assert not isinstance(caught.value, AssertionError)
         assert kind in (getattr(caught.value, "code", None) or type(caught.value).__name__)
 
     def test_a_gateway_answer_without_code_names_its_status(self, router, sleeps):
         router.get(TABLE_PATH).mock(return_value=error(502, None, "Bad gateway"))
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(ResponseError) as caught:
             make_store(sleeps).fetch_hashes([1])
         assert caught.value.code == "502" and caught.value.status_code == 502
 

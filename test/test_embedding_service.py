@@ -4,8 +4,8 @@
 unchanged from ../shared/spec/000_07c1dadb00357d7e.txt (Tasks 1 and 5). They mock
 `core.embedding_service.OpenAI`, so they pin the names, arguments, result keys,
 error types and messages and the request packing. Deeper behaviour (limits,
-retries, pacing, alignment, real HTTP) is tested in test_embedding_engine.py and
-test_embedding_http.py.
+retries, pacing, alignment, real HTTP) is tested in unit/test_engine_*.py,
+unit/test_packing_*.py, unit/test_retry.py and integration/test_embedding_http.py.
 """
 
 import time

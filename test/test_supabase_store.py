@@ -3,8 +3,8 @@
 `test_batch_ingest_embeddings_empty_list` and `..._large_dataset` are verbatim.
 `..._success` and `..._partial_failure` keep the seed's setup but correct
 expectations that contradict themselves; each docstring says why. Store
-behaviour beyond the seed is in test_supabase_store_rows.py (mocked client) and
-test_supabase_http.py (the real supabase-py client against respx).
+behaviour beyond the seed is in unit/test_supabase_store_rows.py (mocked client) and
+unit/test_supabase_http.py (the real supabase-py client against respx).
 """
 
 from unittest.mock import MagicMock, patch
