@@ -12,13 +12,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..limits import REBUILD_INDEX_MIN_SHARE
 from .schema import hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
 
 __all__ = [
     "INDEX_MEMORY_CAP",
     "INDEX_MEMORY_FLOOR",
     "TableState",
+    "REBUILD_MODES",
     "index_memory",
+    "index_strategy",
     "schema_current_query",
     "table_state_query",
 ]
@@ -42,6 +45,9 @@ class TableState:
     """Model of one stored row; None when the table is empty."""
     id_type: str | None = None
     """`ID_TYPES` name of the `section_id` column; None when there is no table."""
+    rows_estimate: int | None = None
+    """PostgreSQL's own estimate of the row count (`pg_class.reltuples`, kept by autovacuum and
+    ANALYZE; free to read, unlike count(*)); None when unknown (never analysed) or no table."""
 
 
 def table_state_query(table: str) -> tuple[str, dict[str, Any]]:
@@ -51,17 +57,20 @@ def table_state_query(table: str) -> tuple[str, dict[str, Any]]:
         " (select a.atttypmod from pg_attribute a where a.attrelid = to_regclass(%(t)s)"
         "   and a.attname = 'embedding' and not a.attisdropped),"
         " (select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = to_regclass(%(t)s)"
-        "   and a.attname = 'section_id' and not a.attisdropped)",
+        "   and a.attname = 'section_id' and not a.attisdropped),"
+        " (select c.reltuples::bigint from pg_class c where c.oid = to_regclass(%(t)s))",
         {"t": table, "i": index_name(table)},
     )
 
 
 def table_state(row: tuple[Any, ...], stored: tuple[Any, ...] | None) -> TableState:
     """`TableState` from `table_state_query`'s row and one stored row's ``(model,)`` (None: empty)."""
-    exists, index_exists, typmod, id_column = row
+    exists, index_exists, typmod, id_column, reltuples = row
     dimensions = int(typmod) if typmod is not None and int(typmod) > 0 else None
+    estimate = int(reltuples) if reltuples is not None and reltuples >= 0 else None
     return TableState(
-        bool(exists), stored is None, bool(index_exists), dimensions, stored[0] if stored else None, id_type_of(id_column)
+        bool(exists), stored is None, bool(index_exists), dimensions, stored[0] if stored else None, id_type_of(id_column),
+        0 if stored is None and exists else estimate,
     )
 
 
@@ -120,3 +129,33 @@ def index_memory(rows: int, dimensions: int, cap: int = INDEX_MEMORY_CAP) -> int
     on layer 0) and bookkeeping.
     """
     return min(cap, max(INDEX_MEMORY_FLOOR, int(rows * (dimensions * 4 + 1024) * 1.5)))
+
+
+REBUILD_MODES = ("auto", "always", "never")
+"""``--rebuild-index``: by the sizes; drop and rebuild for every load; insert into the index as it is."""
+
+
+def index_strategy(mode: str, *, table_rows: int, incoming: int | None, index_exists: bool) -> tuple[bool, str]:
+    """Whether a load of `incoming` rows (None: unknown) into a table of `table_rows` drops its HNSW
+    index first (and builds it again after), and why, in words for the progress line.
+
+    An empty table always loads without its index (one build after is much faster); an existing
+    index is dropped when the load is large against the table (`REBUILD_INDEX_MIN_SHARE`), or always
+    / never as asked. Searches still work meanwhile (an exact scan: slower, never wrong).
+    """
+    if mode not in REBUILD_MODES:
+        raise ValueError(f"rebuild mode must be one of {', '.join(REBUILD_MODES)}, not {mode!r}")
+    if not index_exists:
+        return False, "no HNSW index yet: it is built after the load"
+    if table_rows == 0:
+        return True, "empty table: the HNSW index is dropped and built once after the load"
+    if mode == "never":
+        return False, f"--rebuild-index never: {incoming or 'the'} rows go into the HNSW index one by one"
+    if mode == "always":
+        return True, f"--rebuild-index always: the HNSW index of {table_rows:,} rows is dropped and built again after the load"
+    if incoming is not None and incoming >= REBUILD_INDEX_MIN_SHARE * table_rows:
+        return True, (
+            f"{incoming:,} rows into {table_rows:,}: the HNSW index is dropped and built again after the load "
+            "(faster than inserting into it; searches scan the table meanwhile)"
+        )
+    return False, f"{incoming if incoming is not None else 'an unknown number of'} rows into {table_rows:,}: inserted into the HNSW index"

@@ -43,11 +43,15 @@ def test_table_state_missing_empty_loaded(pg_dsn: str, pg_conn: psycopg.Connecti
         assert store.table_state() == TableState(False, True, False, None, None)
         assert pg_conn.execute("select to_regclass('state_t')").fetchone() == (None,)  # reading created nothing
         store.ensure_schema(with_index=True)
-        assert store.table_state() == TableState(True, True, True, 8, None, "bigint")
+        assert store.table_state() == TableState(True, True, True, 8, None, "bigint", 0)  # empty: 0 rows, known
         assert store.write_rows(rows(3, 8, model="text-embedding-3-small")) == {}
         store.drop_index()
         store.drop_index()  # idempotent
-        assert store.table_state() == TableState(True, False, False, 8, "text-embedding-3-small", "bigint")
+        state = store.table_state()
+        assert state == TableState(True, False, False, 8, "text-embedding-3-small", "bigint", state.rows_estimate)
+        assert state.rows_estimate is None  # never analysed: unknown, not 0
+        pg_conn.execute("analyze state_t")
+        assert store.table_state().rows_estimate == 3
     # A store of another size reads the table's own size (what `search` adopts).
     with PostgresStore(pg_dsn, table="state_t", create_schema=False) as other:
         assert other.table_state().dimensions == 8
