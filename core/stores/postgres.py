@@ -107,6 +107,8 @@ class PostgresStore(
             AVX-512 on a CPU without it (see `core.embedded.vector_math_problem`),
             where `vector` distances kill the server and `halfvec` ones work.
             Similarities are then half precision (about three digits).
+        ef_search: Candidates an HNSW search keeps (`hnsw.ef_search`, per search): more is slower
+            and finds more of the true nearest rows (default: pgvector's 40, or k when larger).
         pool_size: Most connections open at once (concurrent callers each get one).
         id_type: The id column's type for a new table (``"bigint"``, ``"text"``, ``"uuid"``);
             default: bigint when the first ids ingested are integers, else text. An
@@ -132,6 +134,7 @@ class PostgresStore(
         create_schema: bool = True,
         connect_timeout: int = 10,
         halfvec_scan: bool = False,
+        ef_search: int | None = None,
         pool_size: int = POSTGRES_POOL_SIZE,
         id_type: str | None = None,
         embedding_service: Any = None,
@@ -156,6 +159,9 @@ class PostgresStore(
         self.create_schema = create_schema
         self.connect_timeout = connect_timeout
         self.halfvec_scan = bool(halfvec_scan)
+        if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000):
+            raise ConfigurationError(f"ef_search must be an int from 1 to 1000, got {ef_search!r}")
+        self.ef_search = ef_search
         self.pool_size = pool_size
         self.embedding_service = embedding_service
         self._dsn = dsn

@@ -192,6 +192,10 @@ def search_result(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def ef_search(k: int, *, halfvec_scan: bool = False) -> str | None:
-    """The `hnsw.ef_search` a search for `k` rows needs (an HNSW scan yields at most that many), or None."""
-    return str(min(k, EF_SEARCH_MAX)) if k > EF_SEARCH_DEFAULT and not halfvec_scan else None
+def ef_search(k: int, *, halfvec_scan: bool = False, at_least: int | None = None) -> str | None:
+    """The `hnsw.ef_search` a search for `k` rows needs (an HNSW scan yields at most that many; a
+    store may ask for more candidates, `at_least`, for recall), or None for the server's own."""
+    if halfvec_scan:
+        return None
+    wanted = max(k, at_least or 0)
+    return str(min(wanted, EF_SEARCH_MAX)) if wanted > EF_SEARCH_DEFAULT else None

@@ -32,6 +32,7 @@ class PostgresSearch:
     dimensions: int
     match_function: str
     halfvec_scan: bool
+    ef_search: int | None
     _numpy: Any
     _psycopg: Any
 
@@ -48,7 +49,7 @@ class PostgresSearch:
         return query
 
     def _search(self, sql: str, params: Any, k: int) -> list[dict[str, Any]]:
-        widen = ef_search(k, halfvec_scan=self.halfvec_scan)
+        widen = ef_search(k, halfvec_scan=self.halfvec_scan, at_least=self.ef_search)
         with self._borrow() as conn:
             try:
                 with conn.transaction():

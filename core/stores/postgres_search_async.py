@@ -30,6 +30,7 @@ class AsyncPostgresSearch:
     dimensions: int
     match_function: str
     halfvec_scan: bool
+    ef_search: int | None
     _numpy: Any
     _psycopg: Any
 
@@ -46,7 +47,7 @@ class AsyncPostgresSearch:
         return query
 
     async def _search(self, sql: str, params: Any, k: int) -> list[dict[str, Any]]:
-        widen = ef_search(k, halfvec_scan=self.halfvec_scan)
+        widen = ef_search(k, halfvec_scan=self.halfvec_scan, at_least=self.ef_search)
         async with self._borrow() as conn:
             try:
                 async with conn.transaction():
