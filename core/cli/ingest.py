@@ -199,6 +199,10 @@ def _ingest(
         outcome.interrupted = exc
         outcome.result = dict(getattr(exc, "report", None) or {})
     except RUN_STOPPING as exc:
+        if sync_source is not None and not isinstance(getattr(exc, "report", None), dict):
+            # Before the sync read anything (its lock is taken: the message names the holder), or after
+            # every section was stored (reading or deleting the source's rows): the message alone.
+            raise CliError(str(exc), EXIT_USAGE) from None
         raise CliError(stopped_message(exc), EXIT_USAGE) from None
     except (CoreError, OSError) as exc:  # e.g. the database went away half way
         raise CliError(stopped_message(exc), EXIT_FAILED) from None

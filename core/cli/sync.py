@@ -90,7 +90,7 @@ def summary_lines(result: dict[str, Any], *, dry_run: bool = False) -> list[str]
     preview = ", ".join(printable(str(i)) for i in (result.get("delete_preview") or [])[:PREVIEW])
     first = f" (first: {preview}{', ...' if would > PREVIEW else ''})" if would else ""
     if result.get("delete_refused") and would:
-        return [f"source {name}: deleted nothing, {would:,} row(s) no longer in it{first}",
+        return [f"source {name}: {would:,} row(s) no longer in it{first}",
                 f"  {printable(str(result['delete_refused']))}"]
     if result.get("delete_refused"):
         return [f"source {name}: nothing to delete; {printable(str(result['delete_refused']))}"]

@@ -238,3 +238,14 @@ def test_search_filter_and_hybrid_options(in_process: Any, pg_dsn: str, pg_conn:
     assert in_process("ingest", str(path), *db, "--dimensions", "8", "--no-index")[0] == 0
     status, captured = in_process("search", sections[3]["title"] + "\n\n" + sections[3]["content"], "-k", "1", *db)
     assert "\x1b" not in captured.out and "evil \\x1b]0;title\\x07 text" in captured.out
+
+
+def test_a_duplicate_string_id_names_the_line_that_kept_it(in_process: Any, pg_dsn: str, pg_conn: Any, tmp_path: Path) -> None:
+    """Was: "first seen on line N" only for integer ids."""
+    rows = corpus(2) + [dict(corpus(1)[0], content="again")]
+    path = write_jsonl(tmp_path / "dupes.jsonl", rows)
+    status, captured = in_process("ingest", str(path), "--database-url", pg_dsn, "--table", "sdupes", "--dimensions", "8",
+                                  "--no-index", "--json")
+    assert status == 1
+    (failure,) = json.loads(captured.out)["failures"]
+    assert failure["line"] == 3 and failure["code"] == "duplicate_id" and "first seen on line 1" in failure["reason"]
