@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 from cli_helpers import in_process, one_line_error, workdir  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [
+    pytest.mark.integration,
+    # supabase-py passes postgrest-py arguments it has itself deprecated
+    pytest.mark.filterwarnings("ignore:The '(timeout|verify)' parameter is deprecated:DeprecationWarning"),
+]
 
 TABLE = "synced"
 
@@ -109,7 +113,9 @@ def test_an_unreadable_record_deletes_nothing(cli_sync: Any, pg_conn: Any, tmp_p
     assert "without --sync" in captured.out  # the failed file is never to be synced: it holds only the failures
 
 
-def test_sync_options_that_do_not_go_together(cli_sync: Any, in_process: Any, tmp_path: Path) -> None:
+def test_sync_options_that_do_not_go_together(
+    cli_sync: Any, in_process: Any, pg_dsn: str, pg_conn: Any, tmp_path: Path
+) -> None:
     path = write(tmp_path / "docs.jsonl", version(range(3)))
     for options, words in (
         ((), "--source"),  # standard input without --source
@@ -122,6 +128,13 @@ def test_sync_options_that_do_not_go_together(cli_sync: Any, in_process: Any, tm
     assert status == 2 and "--max-delete" in one_line_error(captured)
     status, captured = in_process("ingest", str(path), "--source", "x", "--dry-run")
     assert status == 2 and "--sync" in one_line_error(captured)
+    # A dry run against a table that does not exist yet: the plain dry run (everything to embed), no table made.
+    status, captured = in_process("ingest", str(path), "--sync", "--dry-run", "--database-url", pg_dsn, "--table", "fresh")
+    assert status == 0, captured.err
+    assert pg_conn.execute("select to_regclass('fresh')").fetchone() == (None,)
+    assert "does not exist yet: every section would be embedded, nothing deleted" in captured.err
+    assert "sections: 3 (3 to embed, 0 would fail)" in captured.out
+    assert in_process.fake.stats()["requests"] == 0
 
 
 def test_a_sync_whose_lock_is_held_exits_2_naming_the_holder(cli_sync: Any, pg_dsn: str, pg_conn: Any, tmp_path: Path) -> None:
@@ -168,3 +181,35 @@ def test_delete_by_ids_and_by_source(cli_sync: Any, in_process: Any, pg_dsn: str
     assert [r[0] for r in pg_conn.execute("select section_id from nums order by 1")] == [1, 3, 5]
     status, captured = in_process("delete", "--source", "a", "--database-url", pg_dsn, "--table", "missing")
     assert status == 2 and "does not exist" in one_line_error(captured)
+
+
+def test_sync_filter_and_delete_through_supabase(
+    in_process: Any, pg_dsn: str, pg_conn: Any, rest: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SUPABASE_URL + key: the PostgREST stand-in over the session's database, a table of text ids."""
+    monkeypatch.setenv("SUPABASE_URL", rest.url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-key")
+    assert in_process("schema", "--dimensions", "8", "--no-index", "--id-type", "text", "--apply", pg_dsn)[0] == 0
+    rest.reload_schema()
+    path = tmp_path / "docs.jsonl"
+    sections = version(range(40))
+    for i, section in enumerate(sections):
+        section["lang"] = "de" if i % 4 == 0 else "en"
+    status, captured = in_process("ingest", str(write(path, sections)), "--sync", "--source", "docs", "--dimensions", "8",
+                                  "--json")
+    assert status == 0, captured.err
+    assert json.loads(captured.out)["stored"] == 40
+    status, captured = in_process("search", "text 8", "-k", "5", "--filter", "lang=de", "--dimensions", "8", "--json")
+    assert status == 0, captured.err
+    hits = json.loads(captured.out)
+    assert len(hits) == 5 and {h["metadata"]["lang"] for h in hits} == {"de"} and hits[0]["content"]
+    status, captured = in_process("ingest", str(write(path, sections[2:])), "--sync", "--source", "docs", "--dimensions", "8",
+                                  "--json")
+    assert status == 0, captured.err
+    assert json.loads(captured.out)["deleted"] == 2
+    assert {r[0] for r in pg_conn.execute("select section_id from section_embeddings")} == {s["id"] for s in sections[2:]}
+    status, captured = in_process("delete", "--ids", "man-2", "man-3", "--json")
+    assert status == 0, captured.err
+    assert json.loads(captured.out)["deleted"] == 2
+    status, captured = in_process("delete", "--source", "docs", "--dry-run")
+    assert captured.out == "would delete 36 row(s) of table section_embeddings (source 'docs'); nothing deleted\n"
