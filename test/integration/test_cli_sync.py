@@ -47,7 +47,7 @@ def cli_sync(in_process: Any, pg_dsn: str) -> Any:
 
 
 def test_two_sources_a_second_version_synced_and_a_shrunken_one_refused(
-    cli_sync: Any, pg_conn: Any, tmp_path: Path
+    cli_sync: Any, pg_conn: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manual = tmp_path / "manual.jsonl"
     faq = tmp_path / "faq.jsonl"
@@ -63,6 +63,7 @@ def test_two_sources_a_second_version_synced_and_a_shrunken_one_refused(
     v2 = [i for i in range(300) if i not in removed] + list(range(300, 309))
     write(manual, version(v2, changed={1, 2, 3, 4, 5, 6}))
     cli_sync.fake.reset_stats()
+    monkeypatch.delenv("OPENAI_API_KEY")  # a dry run needs no key
     status, captured = cli_sync(manual, "--dry-run", "--json")
     assert status == 0, captured.err
     plan = json.loads(captured.out)
@@ -74,6 +75,7 @@ def test_two_sources_a_second_version_synced_and_a_shrunken_one_refused(
     assert "15 to embed, 0 to update without embedding, 279 unchanged, 0 would fail" in captured.out
     assert f"source '{manual}': would delete 15 row(s) no longer in it (first: man-0, man-10, man-100" in captured.out
 
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     status, captured = cli_sync(manual, "--json")
     assert status == 0, captured.err
     summary = json.loads(captured.out)
