@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         keep.callback(service.close)
         records = open_records(source, keep)  # a malformed file fails now, before anything starts
         first = list(itertools.islice(records, INGEST_WINDOW))  # a new table's id type follows these ids
-        records = itertools.chain(first, records)
+        first_ids, records = _ids(first), itertools.chain(first, records)
+        del first  # the chain lets go of the records as it hands them on
         with contextlib.ExitStack() as stack:
             note(f"target: {target.describe()}, table {args.table}")
             build_index = False
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 stack.callback(store.close)
                 build_index = prepare_load(
                     store, model(args), index=not (args.no_index or problem), drop_index=bool(problem),
-                    first_ids=_ids(first),
+                    first_ids=first_ids,
                 )
                 if problem and not args.no_index:
                     note(f"note: {problem}")
