@@ -4,10 +4,10 @@ Every reader is a generator over a file: it holds one record (and a bounded
 read buffer) at a time, never the whole file, so a file of any size is read in
 constant memory. Each record comes out as a `SourceRecord`:
 
-* ``section``: the ``{"id", "title", "content"}`` dict handed to the ingest
-  (ids that are strings of digits, as CSV always gives them, become ints;
-  fields starting with ``_`` are ignored, so a ``*.failed.jsonl`` file written
-  by the CLI can be read back as is: a record of it that holds an unreadable
+* ``section``: the ``{"id", "title", "content", ...}`` dict handed to the ingest,
+  every other field its metadata (ids that are strings of digits, as CSV always
+  gives them, become ints; fields starting with ``_`` are left out, so a
+  ``*.failed.jsonl`` file written by the CLI can be read back as is: a record of it that holds an unreadable
   line, ``{"_raw": text, "_error": reason}``, is that line again — read as the
   section once fixed, else unreadable with the same reason);
 * ``raw``: the record exactly as read (what a failed-sections file holds);
@@ -15,7 +15,7 @@ constant memory. Each record comes out as a `SourceRecord`:
   a CSV row with the wrong number of fields), with ``section`` None. Such a
   record does not stop the reader: the next line is read as usual.
 
-Whether a readable section is *valid* (integer id, string title and content...)
+Whether a readable section is *valid* (an int or string id, string title and content...)
 is decided later, by `core.stores.ingest.validate_section`.
 
 A record holding bytes that are not UTF-8 is unreadable: "not UTF-8 (byte 0xE9
@@ -103,13 +103,16 @@ def detect_format(path: str | os.PathLike[str], override: str | None = None) -> 
 
 
 def to_section(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The ingestable section of a raw record: `id`, `title`, `content` only.
+    """The ingestable section of a raw record: `id`, `title`, `content` and its metadata.
 
-    Fields starting with ``_`` (and any other extra field) are left out; an id
-    that is a string of digits, or an integral float, becomes an int. Missing
-    fields stay missing (validation reports them).
+    Every other field is the section's metadata (a CSV column's value is a string), except
+    fields starting with ``_``: those are the failed-sections file's own (``_error``,
+    ``_code``, ``_line``, ``_raw``, ``_element``, ``_extra``), never the section's. An id
+    that is a string of digits, or an integral float, becomes an int. Missing fields stay
+    missing (validation reports them).
     """
     section = {name: raw[name] for name in _FIELDS if name in raw}
+    section.update((name, value) for name, value in raw.items() if name not in _FIELDS and not name.startswith("_"))
     if "id" in section:
         section["id"] = _normalise_id(section["id"])
     return section
@@ -283,7 +286,7 @@ def read_csv(handle: IO[bytes]) -> Iterator[SourceRecord]:
     """Rows of a CSV file with a header naming (at least) ``id``, ``title``, ``content``.
 
     Column names are matched case-insensitively and without surrounding spaces;
-    other columns are kept in `raw` only. Blank lines are skipped.
+    other columns are the section's metadata (strings). Blank lines are skipped.
 
     Raises:
         InputFileError: The header lacks one of the three columns or repeats one.

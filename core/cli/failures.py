@@ -112,7 +112,7 @@ def write_failures(path: Path, source: Source, failures: Sequence[dict[str, Any]
                 code, reason = "unreadable", record.error
             else:
                 item = by_index.get(index)
-                if index not in refused and isinstance(section_id, int) and section_id in duplicated:
+                if index not in refused and isinstance(section_id, (int, str)) and section_id in duplicated:
                     first_line.setdefault(section_id, record.line)
                 index += 1
                 if item is None:

@@ -7,12 +7,16 @@ one module asked for, so ``--help`` and a bad option cost no SDK import.
 from __future__ import annotations
 
 import argparse
+import json
 from decimal import Decimal
 from typing import NoReturn
 
 from .. import pricing
-from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MAX_CONCURRENCY, DEFAULT_MODEL, DEFAULT_TABLE, MAX_INPUTS_PER_REQUEST
+from ..engine.sync_plan import parse_max_delete
+from ..errors import ConfigurationError
+from ..limits import DEFAULT_MAX_CONCURRENCY, DEFAULT_MODEL, DEFAULT_TABLE, MAX_INPUTS_PER_REQUEST
 from ..readers import FORMATS
+from ..stores.schema import ID_TYPES
 from .status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, UsageError
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "JOB_SUFFIX", "CliError", "UsageError",
@@ -69,6 +73,46 @@ def _similarity(text: str) -> float:
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a similarity between -1 and 1, got {text}")
     return value
+
+
+def _filter(text: str) -> tuple[str, object]:
+    """``key=value`` of ``--filter``: the value as JSON when it parses (``page=3`` is 3), else the text."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _max_delete(text: str) -> str:
+    try:
+        parse_max_delete(text)
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(f"expected a percentage (10%) or a count of rows (50), got {text!r}") from None
+    return text
+
+
+def _field_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected field names separated by commas, got {text!r}")
+    return names
+
+
+def _add_match_function(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--match-function", metavar="NAME", default=None,
+        help="the table's search function (default: the table's own: match_sections for section_embeddings, "
+        "else match_<table>)",
+    )
+
+
+def _add_id_type(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--id-type", choices=ID_TYPES, default=None,
+                        help=f"id column type of a new table (default: {default}; an existing table keeps its own)")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +172,25 @@ def _add_batch_options(parser: argparse.ArgumentParser) -> None:
                        "while nothing moves (default: %(default)s)")
 
 
+def _add_sync_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("keeping the table equal to FILE")
+    group.add_argument(
+        "--sync", action="store_true",
+        help="after storing FILE's sections, delete the rows of its source whose ids FILE no longer has "
+        "(never when a record was unreadable or FILE was not read to its end)",
+    )
+    group.add_argument(
+        "--source", metavar="NAME",
+        help="with --sync: the source's name recorded on its rows (default: FILE as given, normalised; "
+        "required for standard input)",
+    )
+    group.add_argument(
+        "--max-delete", type=_max_delete, default="10%", metavar="PCT|COUNT",
+        help="with --sync: delete nothing when more than this share (10%%) or count (50) of the source's rows "
+        "would go (default: %(default)s; 100%% allows anything)",
+    )
+
+
 def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
     ingest = commands.add_parser(
         "ingest", help="embed and store the sections of a file",
@@ -154,6 +217,14 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="your tokens-per-minute limit, if known (else learned from the API's headers)",
     )
     ingest.add_argument("--no-skip", action="store_true", help="re-embed sections even when unchanged")
+    _add_id_type(ingest, "bigint when the ids are integers, else text")
+    _add_match_function(ingest)
+    ingest.add_argument("--no-content", action="store_true",
+                        help="do not keep the sections' text in the table (search then returns no content)")
+    ingest.add_argument(
+        "--metadata-fields", type=_field_names, metavar="A,B",
+        help="keep only these fields as metadata (default: every field other than id, title, content)",
+    )
     ingest.add_argument(
         "--no-index", action="store_true",
         help="PostgreSQL targets: do not create the HNSW index (by default it is built after the load)",
@@ -176,6 +247,7 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
     bar = ingest.add_mutually_exclusive_group()
     bar.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes, just the summary")
     bar.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    _add_sync_options(ingest)
     _add_target_options(ingest)
     _add_batch_options(ingest)
     ingest.set_defaults(run="ingest")
@@ -195,13 +267,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     search = commands.add_parser(
         "search", help="the stored sections nearest to a query",
         description="Embed QUERY with the model the sections were stored with and print the nearest stored "
-        "sections, best first: cosine similarity, section id, title.",
+        "sections, best first: cosine similarity, section id, title, and the start of the content.",
     )
     search.add_argument("query", metavar="QUERY", help="the text to look for (quote it: one argument)")
     search.add_argument("-k", type=_positive_int, default=5, help="how many results (default: %(default)s)")
     search.add_argument("--threshold", type=_similarity, default=None, help="minimum cosine similarity (-1 to 1)")
+    search.add_argument(
+        "--filter", type=_filter, action="append", default=[], metavar="KEY=VALUE",
+        help="only sections whose metadata has KEY equal to VALUE (VALUE read as JSON when it is: "
+        "page=3 is a number, lang=de a string); repeat for several",
+    )
+    search.add_argument("--hybrid", action="store_true",
+                        help="rank by full-text match (title and content) and vector similarity together")
     _add_model_options(search)
-    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_match_function(search)
+    search.add_argument("--json", action="store_true",
+                        help="print the results as JSON (id, title, content, metadata, similarity)")
     _add_target_options(search)
     search.set_defaults(run="search")
 
@@ -211,15 +292,29 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "security (paste it into Supabase's SQL editor), or apply it to a database.",
     )
     _add_model_options(schema)
-    schema.add_argument(
-        "--match-function", default=DEFAULT_MATCH_FUNCTION, help="search function name (default: %(default)s)"
-    )
+    _add_match_function(schema)
+    _add_id_type(schema, "bigint")
     schema.add_argument("--no-index", action="store_true", help="leave the HNSW index out")
     schema.add_argument(
         "--apply", nargs="?", const="", metavar="DSN",
         help="apply the schema to this database instead of printing it (no DSN: $DATABASE_URL)",
     )
     schema.set_defaults(run="schema")
+
+    delete = commands.add_parser(
+        "delete", help="delete stored sections by id or by source",
+        description="Delete rows of the table: the ids given, or every row of a source (the name a sync "
+        "recorded on them). Prints how many were deleted; --dry-run counts them and deletes nothing.",
+    )
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", nargs="+", metavar="ID", help="section ids (an id of digits is a number "
+                       "in a table of bigint ids)")
+    which.add_argument("--source", metavar="NAME", help="every row of this source")
+    delete.add_argument("--dry-run", action="store_true", help="count the rows that would be deleted; delete nothing")
+    delete.add_argument("--table", default=DEFAULT_TABLE, help="table name (default: %(default)s)")
+    delete.add_argument("--json", action="store_true", help="print the counts as JSON")
+    _add_target_options(delete)
+    delete.set_defaults(run="delete", dimensions=None)  # check_table reads it
 
     db = commands.add_parser(
         "db", help="the embedded PostgreSQL: connection string, running or not, --serve, --stop, --size",

@@ -16,12 +16,14 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stores.schema import apply_schema, render_schema
+    from ..stores.schema import apply_schema, default_match_function, render_schema
 
     size = dimensions(args)
     options = {"table": args.table, "dimensions": size, "match_function": args.match_function, "with_index": not args.no_index}
     try:
-        sql = render_schema(**options)  # type: ignore[arg-type]
+        # Printed for a new table: bigint unless --id-type; applied, an existing table keeps its own.
+        sql = render_schema(**options, id_type=args.id_type or "bigint")  # type: ignore[arg-type]
+        function = args.match_function or default_match_function(args.table)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
     if args.apply is None:
@@ -31,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     if not dsn:
         raise UsageError("--apply needs a DSN (or set DATABASE_URL)")
     SECRETS.add_dsn(dsn)
-    apply_schema(dsn, **options)  # type: ignore[arg-type]  # StoreError: main() prints it, exit 2
-    print(f"schema applied: table {args.table} (vector({size})), function {args.match_function}() on {redact_dsn(dsn)}")
+    apply_schema(dsn, **options, id_type=args.id_type)  # type: ignore[arg-type]  # StoreError: main() prints it, exit 2
+    print(f"schema applied: table {args.table} (vector({size})), function {function}() on {redact_dsn(dsn)}")
     return EXIT_OK

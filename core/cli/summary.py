@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pricing
+from . import sync
 from .console import one_line, printable, prog, warn
 from .failures import Failure, write_failures
 from .sources import Source
@@ -59,6 +60,7 @@ def _totals(args: argparse.Namespace, run: Run, model: str, elapsed: float) -> t
         "skipped": int(result.get("skipped_count", 0)),
         "failed": int(result.get("failed_count", 0)) + run.unreadable,
         "tokens": int(result.get("total_tokens", 0)),
+        "updated": int(result.get("updated_count", 0)),
     }
     cost = pricing.estimate_cost(counts["tokens"], model, run.price(args))
     cost_text = pricing.format_usd(cost) if cost is not None else f"unknown (no price for {model})"
@@ -67,6 +69,10 @@ def _totals(args: argparse.Namespace, run: Run, model: str, elapsed: float) -> t
         f"of {counts['sections']:,} sections",
         _fit(f"{counts['tokens']:,} tokens, cost {cost_text}, {elapsed:.1f} s"),
     ]
+    if counts["updated"]:
+        lines.insert(1, f"  {counts['updated']:,} of the stored updated without embedding (text unchanged)")
+    if "source" in result:  # a sync
+        lines += sync.summary_lines(result)
     return counts, lines
 
 
@@ -110,11 +116,13 @@ def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path,
         failed_out.unlink()  # what failed before (in this file, or in the earlier run of it) is stored now
         removed = True
 
+    status = EXIT_FAILED if counts["failed"] or sync.refused(run.result) else EXIT_OK
     if args.json:
         failures = [{"line": f.line, "element": f.element, "id": f.id, "code": f.code, "reason": f.reason}
                     for f in listed]
-        print(_json(counts, run, args, model, elapsed, failed_file=written, failures=failures))
-        return EXIT_FAILED if counts["failed"] else EXIT_OK
+        extra = sync.json_fields(run.result) if "source" in run.result else {}
+        print(_json(counts, run, args, model, elapsed, failed_file=written, failures=failures, **extra))
+        return status
     _say(*lines)
     wide = bool(args.wide)
     shown = [(printable(f.where + (f" (id {f.id})" if f.id is not None else "")), f.reason)
@@ -128,10 +136,10 @@ def finish(args: argparse.Namespace, run: Run, source: Source, failed_out: Path,
         _say(f"(cut at {WIDTH} columns: --wide shows them whole; so do --json and the failed-sections file)")
     if written:
         _say(f"failed sections written to {written}")
-        _say(f"fix them, then run: {prog()} ingest {written}")
+        _say(sync.failed_hint(written) if "source" in run.result else f"fix them, then run: {prog()} ingest {written}")
     elif removed:
         _say(f"nothing failed: removed {failed_out}")
-    return EXIT_FAILED if counts["failed"] else EXIT_OK
+    return status
 
 
 def interrupted(args: argparse.Namespace, run: Run, model: str, elapsed: float) -> int:

@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,29 +132,43 @@ def database(target: Target, note: Note, *, must_exist: bool = False) -> Iterato
         server.stop()
 
 
-def postgres_store(dsn: str, table: str, dimensions: int, *, halfvec_scan: bool = False) -> Any:
-    """A `PostgresStore` that creates nothing on its own (the CLI prepares the table itself)."""
+def postgres_store(
+    dsn: str, table: str, dimensions: int, *, halfvec_scan: bool = False, id_type: str | None = None,
+    match_function: str | None = None,
+) -> Any:
+    """A `PostgresStore` that creates nothing on its own (the CLI prepares the table itself).
+
+    Args:
+        id_type: A new table's id type (--id-type); None: decided from the first ids.
+        match_function: The search function (--match-function); None: the table's own.
+    """
     from ..stores.postgres import PostgresStore
 
     SECRETS.add_dsn(dsn)
     try:
-        return PostgresStore(dsn, table=table, dimensions=dimensions, create_schema=False, halfvec_scan=halfvec_scan)
+        return PostgresStore(dsn, table=table, dimensions=dimensions, create_schema=False, halfvec_scan=halfvec_scan,
+                             id_type=id_type, match_function=match_function)
     except (ConfigurationError, MissingDependencyError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool) -> bool:
+def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool, first_ids: Sequence[Any] = ()) -> bool:
     """Make `store`'s table ready for a load; True when the HNSW index is to be built after it.
 
     Args:
         index: Have an HNSW index at the end (False: --no-index, or pgvector cannot build one here).
         drop_index: Drop an existing index (inserts into it would crash this pgvector).
+        first_ids: The ids of the first sections to load: a new table's id column follows them
+            (integers: bigint, else text) unless the store was given an id type; an existing
+            table keeps its own.
 
     Raises:
         UsageError: The table holds vectors of another size.
-        StoreError: The database is unreachable or refuses.
+        StoreError: The database is unreachable or refuses, or --id-type differs from the table's.
     """
     state = store.table_state()
+    if not state.exists and first_ids:
+        store.claim_ids(list(first_ids))  # the library's own rule, before the table is created below
     if state.dimensions is not None and state.dimensions != store.dimensions:
         raise UsageError(
             f"table {store.table!r} holds {state.dimensions}-dimensional vectors, not {store.dimensions} "
@@ -170,7 +184,7 @@ def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool) -> bo
     return build_after
 
 
-def open_supabase(target: Target, table: str, dimensions: int | None) -> Any:
+def open_supabase(target: Target, table: str, dimensions: int | None, *, match_function: str | None = None) -> Any:
     """A `SupabaseStore`, after its preflight read (reachable, table there, vector size): before anything is paid for.
 
     Raises:
@@ -180,7 +194,7 @@ def open_supabase(target: Target, table: str, dimensions: int | None) -> Any:
     from ..stores.supabase import SupabaseStore
 
     try:
-        store = SupabaseStore(target.url, target.key, table=table)
+        store = SupabaseStore(target.url, target.key, table=table, match_function=match_function)
     except Exception as exc:  # supabase's own errors (bad URL...) have no common base
         raise UsageError(f"cannot use Supabase at {target.url}: {one_line(exc)}") from None
     store.preflight(dimensions)

@@ -114,10 +114,13 @@ def test_search_prints_the_nearest_section(embedded: dict[str, Any]) -> None:
     proc = cli("search", "a Unix domain socket file lets processes talk", "-k", "3",
                "--data-dir", str(embedded["data_dir"]), env=embedded["env"])
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3
+    # Each result: similarity, id, title; under it, indented, the start of its content.
+    lines = [line for line in proc.stdout.strip().splitlines() if not line.startswith(" ")]
+    previews = [line for line in proc.stdout.strip().splitlines() if line.startswith(" ")]
+    assert len(lines) == 3 and len(previews) == 3
     similarity, section_id, title = lines[0].split(None, 2)
     assert (section_id, title) == ("29", "Unix sockets")
+    assert previews[0] == " " * 8 + " ".join(EXAMPLE_SECTIONS[28]["content"].split())[:71] + "…"
     assert 0 < float(similarity) <= 1
     assert [float(line.split()[0]) for line in lines] == sorted((float(line.split()[0]) for line in lines), reverse=True)
 
@@ -182,13 +185,14 @@ def test_bad_rows_fail_alone_and_the_failed_file_reruns(
     source = workdir / "bad.jsonl"
     source.write_text(BAD_FILE, encoding="utf-8")
     env = clean_env(fake_openai)
-    target = ["--database-url", pg_dsn, "--table", "cli_bad", "--no-index"]
+    target = ["--database-url", pg_dsn, "--table", "cli_bad", "--no-index", "--id-type", "bigint"]
     proc = cli("ingest", str(source), *target, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "stored 2, skipped 0, failed 3 of 5 sections" in proc.stdout
     assert "line 2 (id 2): missing 'content'" in proc.stdout
     assert "line 3: not valid JSON" in proc.stdout
-    # A string id is valid since issue #17; this table's ids are bigint (its first ids were integers).
+    # A string id is valid since issue #17; this table's ids are bigint (--id-type: without it, the ids
+    # 1..3 and "x4" of the first window would make a text table, where "x4" is stored).
     assert "line 5 (id x4): id 'x4' is not an integer, and this table's ids are bigint" in proc.stdout
 
     failed = workdir / "bad.failed.jsonl"

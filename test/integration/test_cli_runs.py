@@ -45,7 +45,7 @@ def test_progress_bar_and_summary_fit_80_columns(fake_openai: Any, pg_dsn: str, 
     source = many_sections(workdir / "wide.jsonl", 3000)
     status, output = in_terminal(
         "ingest", source.name, "--database-url", pg_dsn, "--table", "cli_tty", "--dimensions", "8", "--no-index",
-        env=clean_env(fake_openai), cwd=workdir,
+        "--id-type", "bigint", env=clean_env(fake_openai), cwd=workdir,
     )
     assert status == 1, output
     lines = [line for line in screen_lines(output) if not line.startswith("target: ")]  # a DSN is as long as it is
@@ -100,7 +100,7 @@ def test_rerunning_an_unfixed_failed_file_keeps_its_name_and_reasons(
     """Was: bad.failed.failed.jsonl, and the not-JSON line's reason turned into "missing 'id'"."""
     source = workdir / "unfixed.jsonl"
     source.write_text("\n".join([json.dumps(EXAMPLE_SECTIONS[0]), *BAD_LINES]) + "\n", encoding="utf-8")
-    target = ["--database-url", pg_dsn, "--table", "cli_unfixed", "--dimensions", "8", "--no-index"]
+    target = ["--database-url", pg_dsn, "--table", "cli_unfixed", "--dimensions", "8", "--no-index", "--id-type", "bigint"]
     env = clean_env(fake_openai)
     assert cli("ingest", str(source), *target, env=env).returncode == 1
     failed = workdir / "unfixed.failed.jsonl"
@@ -131,8 +131,9 @@ def test_every_section_failing_builds_no_index(in_process: Any, pg_dsn: str, pg_
     """Was: "building the HNSW index on 0 rows..."."""
     source = workdir / "allbad.jsonl"
     source.write_text("\n".join(BAD_LINES) + "\n", encoding="utf-8")
+    # A bigint table: the string id "x" fails too (without --id-type the ids 1 and "x" would make a text table).
     status, captured = in_process("ingest", str(source), "--database-url", pg_dsn, "--table", "cli_allbad",
-                                  "--dimensions", "8")
+                                  "--dimensions", "8", "--id-type", "bigint")
     assert status == 1
     assert "stored 0, skipped 0, failed 3 of 3 sections" in captured.out
     assert "HNSW" not in captured.err and "index" not in captured.err

@@ -61,7 +61,7 @@ def test_jsonl_sections_with_line_numbers_and_id_normalisation() -> None:
     assert [r.section for r in got] == [
         {"id": 1, "title": "One", "content": "first"},
         {"id": 2, "title": "Two", "content": "second"},  # "_" fields left out, "2" -> 2
-        {"id": 3, "title": "Three", "content": "third"},
+        {"id": 3, "title": "Three", "content": "third", "extra": True},  # other keys: its metadata
     ]
     assert all(r.error is None for r in got)
     assert got[1].raw["_error"] == "old reason"  # raw keeps the record as read
@@ -183,9 +183,9 @@ def test_csv_rows_string_ids_and_multiline_fields() -> None:
     )
     got = records("csv", data)
     assert [r.line for r in got] == [2, 5, 6]
-    assert got[0].section == {"id": 1, "title": "First", "content": "two\r\nlines"}
-    assert got[1].section == {"id": 2, "title": "Second", "content": "plain"}
-    assert got[0].raw["source"] == "a"  # other columns stay in raw only
+    # Other columns are the section's metadata, as strings (the header's spelling kept).
+    assert got[0].section == {"id": 1, "title": "First", "content": "two\r\nlines", "source": "a"}
+    assert got[1].section == {"id": 2, "title": "Second", "content": "plain", "source": "b"}
     assert got[2].section["id"] == "x3"  # not digits: a string id
     # Valid since string ids are (issue #17): a table keyed by bigint refuses it at ingest, alone.
     assert validate_section(got[2].section) is None
@@ -260,7 +260,11 @@ def test_read_records_from_a_path_and_count(tmp_path: Path) -> None:
 
 
 def test_to_section_and_the_direct_readers() -> None:
-    assert to_section({"id": "-5", "title": "t", "content": "c", "_x": 1, "y": 2}) == {"id": -5, "title": "t", "content": "c"}
+    assert to_section({"id": "-5", "title": "t", "content": "c", "_x": 1, "y": 2}) == {"id": -5, "title": "t", "content": "c", "y": 2}
+    # A failed-sections file's own fields never become metadata.
+    failed = {"id": "a", "title": "t", "content": "c", "url": "u", "_error": "e", "_code": "x", "_line": 3, "_raw": "r",
+              "_element": 1, "_extra": ["z"]}
+    assert to_section(failed) == {"id": "a", "title": "t", "content": "c", "url": "u"}
     assert to_section({"id": "12a"}) == {"id": "12a"}
     assert next(read_jsonl(io.BytesIO(b'{"id": 1}\n'))).section == {"id": 1}
     assert next(read_json(io.BytesIO(b'[{"id": 1}]'))).section == {"id": 1}
