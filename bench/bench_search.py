@@ -43,24 +43,35 @@ FILTERS: dict[str, dict[str, Any] | None] = {
 
 
 class DenseVectors:
-    """Vectors shaped like a real embedding model's: 512 topics (random unit centroids in 1536
-    dimensions), each row its topic's centroid plus Gaussian noise of the same norm (rows of one
-    topic at cosine ~0.5, of two topics ~0), unit norm; a query is a row plus noise of half that norm
-    (a paraphrase: cosine ~0.9 to its row). Deterministic per seed and row number."""
+    """Vectors shaped like a real embedding model's: a shared direction (every text has one: random
+    pairs sit at cosine ~0.13, as with OpenAI's models), 32 broad subjects, 16 topics in each, and
+    each row's own noise, unit components weighted 0.4 / 0.5 / 0.6 / 0.7 (rows of one topic at ~0.6,
+    of one subject ~0.33); a query is a row plus noise of half a row's norm (a paraphrase, ~0.9 to
+    its row). Deterministic per seed and row number."""
 
-    def __init__(self, seed: int, dims: int = 1536, topics: int = 512) -> None:
+    WEIGHTS = (0.4, 0.5, 0.6, 0.7)  # shared, subject, topic, own
+
+    def __init__(self, seed: int, dims: int = 1536, subjects: int = 32, topics: int = 16) -> None:
         import numpy as np
 
-        self.np, self.dims, self.seed = np, dims, seed
+        self.np, self.dims, self.seed, self.topics = np, dims, seed, topics
         rng = np.random.default_rng(seed)
-        centroids = rng.standard_normal((topics, dims)).astype(np.float32)
-        self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+        def unit(n: int) -> "Any":
+            m = rng.standard_normal((n, dims)).astype(np.float32)
+            return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+        self.shared = unit(1)[0]
+        self.subjects = unit(subjects)
+        self.topic_vectors = unit(subjects * topics)
 
     def _row(self, i: int) -> "Any":
         np = self.np
-        rng = np.random.default_rng((self.seed, i))
-        noise = rng.standard_normal(self.dims).astype(np.float32)
-        v = self.centroids[i % len(self.centroids)] + noise / np.linalg.norm(noise)
+        noise = np.random.default_rng((self.seed, i)).standard_normal(self.dims).astype(np.float32)
+        topic = i % len(self.topic_vectors)
+        w = self.WEIGHTS
+        v = (w[0] * self.shared + w[1] * self.subjects[topic // self.topics] + w[2] * self.topic_vectors[topic]
+             + w[3] * noise / np.linalg.norm(noise))
         return v / np.linalg.norm(v)
 
     def rows(self, start: int, n: int) -> "Any":

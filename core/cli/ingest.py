@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         del first  # the chain lets go of the records as it hands them on
         with contextlib.ExitStack() as stack:
             note(f"target: {target.describe()}, table {args.table}")
-            build_index = False
+            build_index, index_plan = False, None
             if target.kind == "supabase":
                 store = _supabase(args, target, size)
             else:
@@ -78,18 +78,27 @@ def run(args: argparse.Namespace) -> int:
                 dsn = stack.enter_context(database(target, note))
                 store = postgres_store(dsn, args.table, size, id_type=args.id_type, match_function=args.match_function)
                 stack.callback(store.close)
-                build_index = prepare_load(
+                build_index, index_plan = prepare_load(
                     store, model(args), index=not (args.no_index or problem), drop_index=bool(problem),
-                    first_ids=first_ids,
+                    first_ids=first_ids, rebuild=args.rebuild_index, incoming=total_records(source),
                 )
+                if index_plan:
+                    note(f"index: {index_plan}")
                 if problem and not args.no_index:
                     note(f"note: {problem}")
             note.release()
-            if args.batch_api:  # through OpenAI's Batch API: core.cli.batch
-                outcome = batch.ingest(args, store, service, records, source, note)
-            else:
-                outcome = _ingest(args, store, service, records, source, sync_source)
+            try:
+                if args.batch_api:  # through OpenAI's Batch API: core.cli.batch
+                    outcome = batch.ingest(args, store, service, records, source, note)
+                else:
+                    outcome = _ingest(args, store, service, records, source, sync_source)
+            except BaseException:
+                if index_plan:  # this run dropped the table's index
+                    _index_left(args)
+                raise
             if outcome.interrupted is not None:
+                if index_plan:
+                    _index_left(args)
                 return interrupted(args, outcome, model(args), time.monotonic() - started)
             if build_index:
                 _build_index(store, note)
@@ -210,6 +219,12 @@ def _ingest(
     finally:
         bar.close()
     return outcome
+
+
+def _index_left(args: argparse.Namespace) -> None:
+    """Say that the table has no HNSW index now (never left silently) and who builds it."""
+    warn(f"table {args.table} has no HNSW index now (the load stopped before building it): searches scan the "
+         "table until the next ingest into it builds the index (or run schema --apply)")
 
 
 def _build_index(store: Any, note: Note) -> None:

@@ -230,6 +230,12 @@ def _add_ingest(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="PostgreSQL targets: do not create the HNSW index (by default it is built after the load)",
     )
     ingest.add_argument(
+        "--rebuild-index", choices=("auto", "always", "never"), default="auto",
+        help="PostgreSQL targets, a table that has its HNSW index: drop it before the load and build it again "
+        "after (auto: when the load is at least a fifth of the table; searches scan the table meanwhile) "
+        "(default: %(default)s)",
+    )
+    ingest.add_argument(
         "--failed-out", metavar="PATH",
         help="where failed sections go (default: <FILE stem>.failed.jsonl next to FILE; "
         "stdin.failed.jsonl for standard input)",

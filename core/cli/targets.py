@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..secrets import redact_dsn
+from ..stores.postgres_sql import index_strategy
 from .console import SECRETS, Note, one_line
 from .status import UsageError
 
@@ -152,12 +153,19 @@ def postgres_store(
         raise UsageError(str(exc)) from None
 
 
-def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool, first_ids: Sequence[Any] = ()) -> bool:
-    """Make `store`'s table ready for a load; True when the HNSW index is to be built after it.
+def prepare_load(
+    store: Any, model: str, *, index: bool, drop_index: bool, first_ids: Sequence[Any] = (),
+    rebuild: str = "auto", incoming: int | None = None,
+) -> tuple[bool, str | None]:
+    """Make `store`'s table ready for a load: (whether the HNSW index is to be built after it, and
+    what was decided about an existing index, in words: None when there was none or it stays).
 
     Args:
         index: Have an HNSW index at the end (False: --no-index, or pgvector cannot build one here).
         drop_index: Drop an existing index (inserts into it would crash this pgvector).
+        rebuild: ``--rebuild-index``: auto (drop an existing index when the load is large
+            against the table: `index_strategy`), always, never.
+        incoming: How many sections the load holds (None: unknown, e.g. standard input).
         first_ids: The ids of the first sections to load: a new table's id column follows them
             (integers: bigint, else text) unless the store was given an id type; an existing
             table keeps its own.
@@ -174,14 +182,20 @@ def prepare_load(store: Any, model: str, *, index: bool, drop_index: bool, first
             f"table {store.table!r} holds {state.dimensions}-dimensional vectors, not {store.dimensions} "
             f"({model}): pass --dimensions {state.dimensions} or another --table"
         )
-    build_after = index and not state.index_exists
-    if state.index_exists and (drop_index or (index and state.empty)):
-        # An empty table: building the index once after the load is much faster
-        # than maintaining it row by row during it.
+    build_after, why = index and not state.index_exists, None
+    if state.index_exists and drop_index:
         store.drop_index()
         build_after = index
+    elif state.index_exists and index:
+        rows = state.rows_estimate if state.rows_estimate is not None else (0 if state.empty else store.count())
+        drop, why = index_strategy(rebuild, table_rows=rows, incoming=incoming, index_exists=True)
+        if drop:
+            store.drop_index()
+            build_after = True
+        else:
+            why = None  # kept: nothing to say
     store.ensure_schema(with_index=False)
-    return build_after
+    return build_after, why
 
 
 def open_supabase(target: Target, table: str, dimensions: int | None, *, match_function: str | None = None) -> Any:
