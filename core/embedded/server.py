@@ -60,6 +60,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .diagnose import diagnose, log_size, read_log
 from .spawn import check_path, dsn_for, reap, shell_safe, start_without_shell
 from .lifecycle import (
     Terminated,
@@ -258,6 +259,7 @@ class EmbeddedPostgres:
         self.folder = data_dir(folder)
         self.dsn: str | None = None
         self._server: Any = None
+        self._log_start = 0
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.folder)!r}, running={self._server is not None})"
@@ -310,6 +312,7 @@ class EmbeddedPostgres:
         # server running after we leave, as it did for the dead owner.
         self._prune(pgserver)
         log = self.folder / "log"
+        self._log_start = log_size(self.folder)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -321,15 +324,24 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:
             tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
             raise StoreError(
-                f"the embedded PostgreSQL did not start ({tool} exited with {exc.returncode}); see {log}"
+                self.problem(str(exc.stderr or ""))
+                or f"the embedded PostgreSQL did not start ({tool} exited with {exc.returncode}); see {log}"
             ) from None
         except subprocess.TimeoutExpired:
             raise StoreError(f"the embedded PostgreSQL did not start within its timeout; see {log}") from None
+        except StoreError as exc:
+            raise StoreError(self.problem(str(exc)) or str(exc)) from None
         except OSError as exc:
-            raise StoreError(f"the embedded PostgreSQL did not start: {exc}") from None
+            raise StoreError(self.problem(str(exc)) or f"the embedded PostgreSQL did not start: {exc}") from None
         # So that a statement of a killed client (an index build) does not run on for minutes.
         enable_disconnect_check(self.dsn)
         return self.dsn
+
+    def problem(self, error: str = "", sqlstate: str | None = None) -> str | None:
+        """What really went wrong, from `error` (a client's) and the server's log since `start`: one line
+        saying the disk is full, or that the server crashed and is recovering; None when neither.
+        (`core.embedded.diagnose`: "the database system is in recovery mode" after a full disk.)"""
+        return diagnose(self.folder, error, sqlstate, read_log(self.folder / "log", self._log_start))
 
     def stop(self) -> None:
         """Let go of the server; it stops if no other live process uses it. Idempotent."""
@@ -354,4 +366,18 @@ class EmbeddedPostgres:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Let go of the server. An error that a full disk (or the crash after it) caused is
+        raised as `StoreError` saying so and where the log is.
+
+        Raises:
+            StoreError: The block failed because the disk under the data folder is full.
+        """
+        why = None
+        if exc is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+            why = self.problem(str(exc), getattr(exc, "sqlstate", None))
         self.stop()
+        if why is not None:
+            error = StoreError(why)
+            if hasattr(exc, "report"):  # an ingest's account of what it stored
+                error.report = exc.report  # type: ignore[attr-defined]
+            raise error from None
