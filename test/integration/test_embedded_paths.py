@@ -71,13 +71,22 @@ def test_data_folder_paths_that_a_shell_or_uri_would_misread(root: Path, name: s
 
 
 def test_a_command_in_the_path_runs_nothing(root: Path) -> None:
-    """``&touch X&`` and ``$(touch Y)`` in the path: pg_ctl's shell ran them as the database's OS user."""
-    marker_amp, marker_sub = root / "pwned-amp", root / "pwned-sub"
-    for folder in (Path(f"{root}/x&touch {marker_amp}&/pgdata"), Path(f"{root}/y$(touch {marker_sub})/pgdata")):
-        _use(folder)
-    assert not marker_amp.exists() and not marker_sub.exists()
-    # pgserver's shell command was the only way: no other /tmp marker either
-    assert not Path(f"{marker_amp}&").exists()
+    """``&touch X&`` and ``$(touch Y)`` in the path: pg_ctl's shell ran them as the database's OS user.
+    The markers go straight under /tmp, where that user (``pgserver`` when run as root) may write."""
+    tag = root.name
+    marker_amp, marker_sub = Path(f"/tmp/{tag}-pwned-amp"), Path(f"/tmp/{tag}-pwned-sub")
+    try:
+        failed = []
+        for folder in (Path(f"{root}/x&touch {marker_amp}&/pgdata"), Path(f"{root}/y$(touch {marker_sub})/pgdata")):
+            try:
+                _use(folder)
+            except Exception as exc:  # checked after the markers: running a command is the worse failure
+                failed.append(exc)
+        assert not marker_amp.exists() and not marker_sub.exists(), "a command in the data folder's path ran"
+        assert not failed, failed
+    finally:
+        marker_amp.unlink(missing_ok=True)
+        marker_sub.unlink(missing_ok=True)
 
 
 def test_a_control_character_in_the_path_is_refused_before_anything_runs(root: Path) -> None:
