@@ -61,7 +61,7 @@ from types import TracebackType
 from typing import Any
 
 from .diagnose import diagnose, log_size, read_log
-from .spawn import check_path, dsn_for, reap, shell_safe, start_without_shell
+from .spawn import check_path, dsn_for, forget_socket_folder, reap, shell_safe, start_without_shell
 from .lifecycle import (
     Terminated,
     enable_disconnect_check,
@@ -213,10 +213,15 @@ def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
     return opened
 
 
-def _dsn(server: Any) -> str:
-    """The server's URI, its socket folder percent-escaped (pgserver's own `get_uri` puts it in raw)."""
+def _socket_dir(server: Any) -> Path | None:
     info = getattr(server, "get_postmaster_info", None)
     socket_dir = getattr(info(), "socket_dir", None) if callable(info) else None
+    return Path(socket_dir) if socket_dir is not None else None
+
+
+def _dsn(server: Any) -> str:
+    """The server's URI, its socket folder percent-escaped (pgserver's own `get_uri` puts it in raw)."""
+    socket_dir = _socket_dir(server)
     return dsn_for(socket_dir) if socket_dir is not None else str(server.get_uri())
 
 
@@ -260,6 +265,7 @@ class EmbeddedPostgres:
         self.dsn: str | None = None
         self._server: Any = None
         self._log_start = 0
+        self.socket_dir: Path | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.folder)!r}, running={self._server is not None})"
@@ -321,6 +327,7 @@ class EmbeddedPostgres:
                 else:  # pg_ctl's shell would misread it (see core.embedded.spawn)
                     self._server = start_without_shell(pgserver, self.folder)
             self.dsn = _dsn(self._server)
+            self.socket_dir = _socket_dir(self._server)
         except subprocess.CalledProcessError as exc:
             tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
             raise StoreError(
@@ -352,6 +359,7 @@ class EmbeddedPostgres:
                 self._prune(import_pgserver())
                 server.cleanup()
                 reap()
+                forget_socket_folder(self.folder, self.socket_dir)
             except Exception as exc:  # stopping is best effort: the data is already committed
                 _logger.debug("embedded PostgreSQL cleanup failed: %s", exc)
 

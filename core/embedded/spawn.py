@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from ..errors import ConfigurationError, StoreError
 
-__all__ = ["SAFE_PATH", "START_TIMEOUT", "check_path", "dsn_for", "shell_safe", "socket_folder", "start_without_shell"]
+__all__ = ["SAFE_PATH", "SOCKET_PREFIX", "forget_socket_folder", "START_TIMEOUT", "check_path", "dsn_for", "shell_safe", "socket_folder", "start_without_shell"]
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+:@=-]+")
 """Characters a path may have to go through pgserver's own start (pg_ctl's shell) unharmed.
@@ -40,6 +40,8 @@ No comma either: PostgreSQL's ``unix_socket_directories`` is a comma-separated l
 START_TIMEOUT = 60.0
 """Seconds to wait for a started server to accept connections (pgserver's own pg_ctl waits 60 s too;
 a first start after a crash replays WAL first)."""
+SOCKET_PREFIX = "core-pgsock-"
+"""Name prefix of the socket folders `socket_folder` makes (and `forget_socket_folder` removes)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Processes we started, kept referenced so that no Popen is collected (and warns) while it runs.
 _SPAWNED: list[subprocess.Popen[bytes]] = []
@@ -77,7 +79,7 @@ def socket_folder(owner: tuple[int, int] | None = None) -> Path:
     parent = tempfile.gettempdir()
     if not shell_safe(Path(parent)) or len(parent) > 60:  # e.g. a TMPDIR with a space in it
         parent = "/tmp"
-    folder = Path(tempfile.mkdtemp(prefix="core-pgsock-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=parent))
     if owner is not None:
         os.chown(folder, *owner)
     return folder
@@ -169,6 +171,16 @@ def _spawn(server: Any, pgdata: Path, log: Path) -> None:
         if time.monotonic() > deadline:
             raise StoreError(f"the embedded PostgreSQL did not start within {START_TIMEOUT:.0f} s; see {log}")
         time.sleep(0.02)
+
+
+def forget_socket_folder(pgdata: Path, socket_dir: Path | None) -> None:
+    """Remove our socket folder once the server of `pgdata` has stopped (it is empty then)."""
+    if socket_dir is None or not socket_dir.name.startswith(SOCKET_PREFIX) or (pgdata / "postmaster.pid").exists():
+        return
+    try:
+        socket_dir.rmdir()
+    except OSError:  # not empty (a server runs there again), or gone already
+        pass
 
 
 def reap() -> None:
