@@ -61,7 +61,7 @@ from types import TracebackType
 from typing import Any
 
 from .diagnose import diagnose, log_size, read_log
-from .spawn import check_path, dsn_for, forget_socket_folder, reap, shell_safe, start_without_shell
+from .spawn import check_path, dsn_for, forget_socket_folder, reap, start_server
 from .lifecycle import (
     Terminated,
     enable_disconnect_check,
@@ -322,10 +322,8 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if shell_safe(self.folder.resolve()):
-                    self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
-                else:  # pg_ctl's shell would misread it (see core.embedded.spawn)
-                    self._server = start_without_shell(pgserver, self.folder)
+                # No shell for a path pg_ctl's would misread; the WAL settings (core.embedded.spawn).
+                self._server = start_server(pgserver, self.folder)
             self.dsn = _dsn(self._server)
             self.socket_dir = _socket_dir(self._server)
         except subprocess.CalledProcessError as exc:

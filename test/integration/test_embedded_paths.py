@@ -118,3 +118,19 @@ def test_no_server_is_left_running(root: Path) -> None:
     folder = root / "left over" / "pgdata"
     _use(folder)
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(folder) in (p.info["cmdline"] or [])]
+
+
+def test_wal_settings_of_the_embedded_server_only(root: Path) -> None:
+    """Issue #20: a local unreplicated server needs WAL for crash safety only (wal_level minimal,
+    small max_wal_size); set in its own folder at start, whatever the path."""
+    from core.embedded.spawn import SETTINGS
+
+    for folder in (root / "safe" / "pgdata", root / "not safe" / "pgdata"):
+        server = EmbeddedPostgres(folder)
+        dsn = server.start()
+        try:
+            with psycopg.connect(dsn) as conn:
+                for name, value in SETTINGS.items():
+                    assert conn.execute(f"show {name}").fetchone() == (value,), name
+        finally:
+            server.stop()
