@@ -239,7 +239,8 @@ class Attempts:
                 self._refusals += 1
             else:
                 self._refused_since, self._refusals = None, 0
-            refusals, refused_for = self._refusals, now - (self._refused_since or now)
+            refusals = self._refusals
+            refused_for = now - self._refused_since if self._refused_since is not None else 0.0
             failures, failing_for = self._failures, now - self._failing_since
         url = self.base_url or "https://api.openai.com/v1"
         if refusals >= ENDPOINT_DOWN_REFUSALS and refused_for >= ENDPOINT_DOWN_SECONDS:
