@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
@@ -103,11 +103,11 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         try:
             while True:
                 self._refresh(plan)
-                while len(running) < self.max_concurrency and (request := await self._next(plan, running)) is not None:
+                while len(running) < self.max_concurrency and (request := plan.next_request()) is not None:
                     running[asyncio.ensure_future(self._outcome(request, plan.batch))] = request
                     # Let it leave before the plan counts the next request's tokens (~50 ms of CPU
-                    # for 300k tokens): without this the 2nd of 16 requests left ~1 s after the
-                    # 1st (bench/bench_defaults.py regime c).
+                    # for 300k tokens, on this loop): without this the 2nd of 16 requests left
+                    # ~1 s after the 1st (bench/bench_defaults.py regime c).
                     await asyncio.sleep(0)
                 if not running:
                     break
@@ -130,25 +130,6 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
                 await asyncio.wait(running)
             raise
         return plan.batch
-
-    @staticmethod
-    async def _next(plan: Any, running: Mapping[Any, Request]) -> Request | None:
-        """The plan's next request; counted on a worker thread while requests are in flight.
-
-        Tokenizing and packing a 300k-token request is ~50 ms of CPU; tiktoken's encoder lets
-        go of the GIL, so on a thread it overlaps the loop's sending and reading instead of
-        stalling them (issue #20: the async driver was 0.93-0.965x the thread one, whose
-        driver thread does this beside its I/O threads). Only this coroutine touches `plan`,
-        and it waits here: nothing else reads the plan meanwhile.
-        """
-        if not running:
-            return plan.next_request()  # nothing to overlap: no thread hop
-        counting = asyncio.ensure_future(asyncio.to_thread(plan.next_request))
-        try:
-            return await asyncio.shield(counting)
-        except BaseException:  # cancelled: the caller's plan.cancel() must wait until the thread is done
-            await asyncio.wait([counting])
-            raise
 
     def _bind_loop(self) -> None:
         """Use a client whose connections belong to the running loop.
