@@ -41,6 +41,18 @@ MAX_RETRY_DELAY = 20.0
 """Cap on a computed backoff delay, in seconds."""
 MAX_RETRY_AFTER = 120.0
 """Cap on a server-sent `retry-after` / `retry-after-ms`, in seconds."""
+ENDPOINT_DOWN_REFUSALS = 4
+ENDPOINT_DOWN_SECONDS = 5.0
+"""An endpoint that has answered before and then refuses this many connections in a row
+(no answer in between) for at least this many seconds is down: the run stops (`EndpointError`,
+CLI exit 2) instead of failing every remaining section. Both, so a restart blip of a second
+(8 requests in flight are refused at once) is ridden out, while a dead server is given up on
+after ~5-8 s (backoff 0.5+1+2+4 s) instead of the 126 s its retries took (issue #15)."""
+MAX_OUTAGE_SECONDS = 60.0
+"""Seconds of nothing but failed attempts (5xx, timeouts, refused or broken connections; 429s
+do not count, they are waited out) after which the run stops with `EndpointError`. One
+request's own retries span 31.5 s of backoff (0.5+1+...+16); twice that without a single
+success is an endpoint that is down, not flaky. Constructor argument `max_outage`."""
 DEFAULT_REQUEST_TIMEOUT = 60.0
 """Seconds before a hung request is cut (and retried)."""
 DEFAULT_MAX_CONCURRENCY = 8

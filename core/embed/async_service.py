@@ -9,11 +9,17 @@ the account's limits are unknown only one request (the probe) goes out first.
 
 Cancellation (`task.cancel()`, `asyncio.timeout`) cancels queued and in-flight
 requests at once and leaves no task running.
+
+One service may serve several event loops one after the other (two `asyncio.run`
+calls, a test per loop): the SDK's async client keeps its connections on the loop
+that opened them, so a service that made its own client makes a new one for each
+new loop (a client you passed in is yours to keep on one loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -42,7 +48,9 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
     def __init__(self, api_key: str | None = None, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kw: Any):
         self._probe_owner: Request | None = None
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._client_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         super().__init__(api_key, sleep=sleep or asyncio.sleep, **kw)
+        self._own_client = kw.get("client") is None
 
     def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
         async def stamp(request: Any) -> None:
@@ -89,6 +97,7 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             EndpointError: The endpoint is unusable; nothing more is sent.
             asyncio.CancelledError: Cancelled; every request of this call is cancelled too.
         """
+        self._bind_loop()
         plan = self.plan(texts, max_batch_size=max_batch_size, probe=self._should_probe())
         running: dict[asyncio.Task[Any], Request] = {}
         try:
@@ -122,8 +131,25 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             raise
         return plan.batch
 
+    def _bind_loop(self) -> None:
+        """Use a client whose connections belong to the running loop.
+
+        The SDK's `AsyncOpenAI` keeps pooled connections on the loop that opened them;
+        from a second `asyncio.run` they fail with "Event loop is closed" (issue #15).
+        The connections of the old loop cannot be closed from this one (and die with
+        it): a client made by this service is replaced by a new one on this loop.
+        """
+        loop = asyncio.get_running_loop()
+        previous = self._client_loop() if self._client_loop is not None else None
+        if previous is loop:
+            return
+        if self._client_loop is not None and self._own_client and self._api_key:  # used on another loop before
+            self.client = self._make_client(self._api_key, self.base_url, self.timeout)
+        self._client_loop = weakref.ref(loop)
+
     async def aclose(self) -> None:
-        """Close the HTTP client's connections."""
+        """Close the HTTP client's connections (those of this loop: another loop's died with it)."""
+        self._bind_loop()
         close = getattr(self.client, "close", None)
         if callable(close):
             result = close()

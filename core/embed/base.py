@@ -36,6 +36,7 @@ from ..limits import (
     DEFAULT_MODEL,
     DEFAULT_REQUEST_TIMEOUT,
     MAX_INPUTS_PER_REQUEST,
+    MAX_OUTAGE_SECONDS,
     MAX_TOKENS_PER_INPUT,
     MAX_TOKENS_PER_REQUEST,
 )
@@ -67,6 +68,8 @@ class EmbeddingServiceBase:
         max_concurrency: Requests in flight at once.
         max_retries: Retries per request after its first attempt.
         timeout: Seconds before a hung request is cut and retried.
+        max_outage: Seconds of nothing but failed attempts (5xx, timeouts, broken or
+            refused connections; not 429s) after which the call stops with `EndpointError`.
         tokens_per_minute: Known TPM limit (else learned from response headers).
         requests_per_minute: Known RPM limit (else learned from response headers).
         probe_limits: While no limit is known, send a call's first request alone and
@@ -99,6 +102,7 @@ class EmbeddingServiceBase:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_retries: int = DEFAULT_MAX_RETRIES,
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_outage: float = MAX_OUTAGE_SECONDS,
         tokens_per_minute: float | None = None,
         requests_per_minute: float | None = None,
         encoding_format: Literal["base64", "float"] = "base64",
@@ -122,6 +126,8 @@ class EmbeddingServiceBase:
             raise ConfigurationError(f"output must be 'list', 'numpy' or 'array', not {output!r}")
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if not max_outage > 0:
+            raise ConfigurationError(f"max_outage must be > 0 seconds, not {max_outage!r}")
         for name, per_minute in (("tokens_per_minute", tokens_per_minute), ("requests_per_minute", requests_per_minute)):
             if per_minute is not None and (
                 isinstance(per_minute, bool) or not isinstance(per_minute, (int, float)) or not 0 < per_minute < float("inf")
@@ -173,6 +179,8 @@ class EmbeddingServiceBase:
             base_url=self.base_url,
             api_key=api_key,
             rng=rng,
+            clock=clock,
+            max_outage=max_outage,
         )
     def __repr__(self) -> str:
         return (

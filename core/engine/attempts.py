@@ -8,6 +8,10 @@ sleeping, waiting for the rate limiter) around these decisions:
 - before the endpoint has answered once, a refused connection, 401, 403, 404 or
   `insufficient_quota` is `EndpointError`: a wrong URL, key or account, not 20,000
   bad sections — the run stops at once, before paying for anything else;
+- after it has answered, `ENDPOINT_DOWN_REFUSALS` refused connections in a row over
+  `ENDPOINT_DOWN_SECONDS`, or `max_outage` seconds of nothing but failures (5xx,
+  timeouts, broken connections), are `EndpointError` too: the endpoint went down, and
+  the sections not yet sent are not the user's to fix;
 - a misaligned answer is resent at once; the rest follows `core.engine.retry`'s policy.
 
 No raw SDK exception leaves this module's failures: `sanitized()` keeps the status,
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +32,12 @@ from openai.resources.embeddings import AsyncEmbeddings, Embeddings
 from ..errors import EmbeddingAPIError, EndpointError, MisalignedResponseError, RequestTooLargeError
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy, error_code, error_headers, error_status, retry_delay, should_retry
+from ..limits import ENDPOINT_DOWN_REFUSALS, ENDPOINT_DOWN_SECONDS, MAX_OUTAGE_SECONDS
 from ..secrets import redact
 from .decode import decode_embeddings
 from .plan import EmbeddingBatch, Request
 
-__all__ = ["Attempts", "is_endpoint_problem", "raw_call"]
+__all__ = ["Attempts", "is_endpoint_problem", "is_refused", "raw_call"]
 
 try:  # the SDK's own request options (auth, headers) for a raw POST; private, so guarded
     import httpx2 as _sdk_httpx
@@ -60,6 +66,17 @@ def raw_call(client: Any) -> bool:
 _ENDPOINT_STATUSES = frozenset({401, 403, 404})
 
 
+def is_refused(exc: BaseException) -> bool:
+    """A failure to connect at all (refused, unknown host, bad scheme): no request reached the endpoint."""
+    import openai
+
+    return (
+        isinstance(exc, openai.APIConnectionError)
+        and not isinstance(exc, openai.APITimeoutError)
+        and isinstance(exc.__cause__, (_sdk_httpx.ConnectError, _sdk_httpx.UnsupportedProtocol))
+    )
+
+
 def is_endpoint_problem(exc: BaseException) -> bool:
     """A failure that says the endpoint, key or account is wrong, not this request.
 
@@ -70,7 +87,7 @@ def is_endpoint_problem(exc: BaseException) -> bool:
     import openai
 
     if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-        return isinstance(exc.__cause__, (_sdk_httpx.ConnectError, _sdk_httpx.UnsupportedProtocol))
+        return is_refused(exc)
     status = error_status(exc)
     return status in _ENDPOINT_STATUSES or (status == 429 and error_code(exc) == "insufficient_quota")
 
@@ -87,6 +104,8 @@ class Attempts:
         base_url: The endpoint, for messages (no secrets in it).
         api_key: Masked from every message.
         rng: Jitter source for backoff.
+        clock: Monotonic clock, for how long the endpoint has been failing.
+        max_outage: Seconds of nothing but failures before giving up on the endpoint.
     """
 
     def __init__(
@@ -100,6 +119,8 @@ class Attempts:
         base_url: str | None,
         api_key: str | None,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        max_outage: float = MAX_OUTAGE_SECONDS,
     ) -> None:
         self.model = model
         self.dimensions = dimensions
@@ -111,6 +132,13 @@ class Attempts:
         self._lock = threading.Lock()
         self.endpoint_verified = False
         """True once any request got an answer that was not an endpoint problem."""
+        self._clock = clock
+        self.max_outage = max_outage
+        # Since the last success: when the first failure came, how many, and the refusals in a row.
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._refused_since: float | None = None
+        self._refusals = 0
         self.policy = RetryPolicy(max_retries=max_retries, retryable=self.retryable, delay=self.delay)
 
     # --- before -----------------------------------------------------------------------------
@@ -156,6 +184,8 @@ class Attempts:
                 )
         usage = response.get("usage") if isinstance(response, dict) else getattr(response, "usage", None)
         used = usage.get("prompt_tokens") if isinstance(usage, dict) else getattr(usage, "prompt_tokens", None)
+        with self._lock:
+            self._failing_since, self._failures, self._refused_since, self._refusals = None, 0, None, 0
         return vectors, used if isinstance(used, int) and not isinstance(used, bool) else None
 
     def on_error(self, exc: BaseException, request: Request, batch: EmbeddingBatch, *, sent_at: float | None) -> None:
@@ -180,6 +210,8 @@ class Attempts:
             ) from None
         if status is not None:
             self.endpoint_verified = True
+        if status != 429 and should_retry(exc):
+            self._check_outage(exc)
         if status == 429:
             with self._lock:
                 batch.rate_limited += 1
@@ -188,6 +220,48 @@ class Attempts:
                 raise RequestTooLargeError(
                     f"request of {request.tokens} tokens is over the account's {int(budget)} tokens-per-minute budget"
                 ) from None
+
+    def _check_outage(self, exc: BaseException) -> None:
+        """Count a failed attempt since the last success; give up on an endpoint that is down.
+
+        Raises:
+            EndpointError: `ENDPOINT_DOWN_REFUSALS` refusals in a row over
+                `ENDPOINT_DOWN_SECONDS`, or `max_outage` seconds of nothing but failures.
+        """
+        now = self._clock()
+        with self._lock:
+            if self._failing_since is None:
+                self._failing_since = now
+            self._failures += 1
+            if is_refused(exc):
+                if self._refused_since is None:
+                    self._refused_since = now
+                self._refusals += 1
+            else:
+                self._refused_since, self._refusals = None, 0
+            refusals = self._refusals
+            refused_for = now - self._refused_since if self._refused_since is not None else 0.0
+            failures, failing_for = self._failures, now - self._failing_since
+        url = self.base_url or "https://api.openai.com/v1"
+        if refusals >= ENDPOINT_DOWN_REFUSALS and refused_for >= ENDPOINT_DOWN_SECONDS:
+            message = (
+                f"the embeddings endpoint {url} stopped accepting connections: {refusals} attempts in a row "
+                f"were refused over {refused_for:.0f} s ({self.describe(exc)})"
+            )
+        elif failing_for >= self.max_outage:
+            message = (
+                f"the embeddings endpoint {url} answered nothing but errors for {failing_for:.0f} s "
+                f"({failures} failed attempts since its last success; last: {self.describe(exc)})"
+            )
+        else:
+            return
+        raise EndpointError(
+            message,
+            url=self.base_url,
+            status_code=error_status(exc),
+            request_id=getattr(exc, "request_id", None),
+            code=error_code(exc),
+        ) from None
 
     def retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, (EndpointError, RequestTooLargeError)) and should_retry(exc)

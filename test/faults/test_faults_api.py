@@ -300,6 +300,80 @@ def test_api_two_concurrent_ingests_of_the_same_sections(openai_env: Any, pg_con
     assert len(sections) <= embedded <= 2 * len(sections)
 
 
+# --- a shared service, an endpoint that breaks for good ----------------------------------------
+
+
+def test_api_threads_sharing_one_service_keep_its_concurrency(openai_env: Any, pg_conn: Any, pg_dsn: str) -> None:
+    """Eight threads ingest their own sections through ONE `EmbeddingService` (max_concurrency 4),
+    with 500s, 503s and resets on: never more than 4 requests in flight at the server (issue #15
+    item 16: per call it was 32-43), and every stored vector is its own section's."""
+    fake = openai_env
+    groups = [make_sections(250, seed=30 + k, first_id=1 + 1000 * k) for k in range(8)]
+    table = "faults_shared_service"
+    with PostgresStore(pg_dsn, table=table, dimensions=DIMS, create_schema=False) as store:
+        store.ensure_schema(with_index=False)
+    fake.configure(latency_base=0.02, fault_rates={"500": 0.05, "503": 0.05, "reset": 0.03}, seed=30,
+                   fault_script=["ok"])
+    reports: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    shared = service(fake.base_url, max_concurrency=4, max_batch_size=10)
+
+    def one(sections: list[dict[str, Any]]) -> None:
+        try:
+            with PostgresStore(pg_dsn, table=table, dimensions=DIMS, create_schema=False) as store:
+                reports.append(store.batch_ingest_embeddings(sections, shared, batch_size=10))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(g,)) for g in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    shared.close()
+    assert not errors, errors
+    stats = settle(fake)
+    FIGURES.add_faults(stats)
+    assert stats["max_in_flight"] <= 4, stats["max_in_flight"]
+    everything = [s for g in groups for s in g]
+    check_table(pg_dsn, table, everything, dimensions=DIMS).assert_clean()
+    for sections, report in zip(groups, reports):
+        assert report["success_count"] + report["failed_count"] == len(sections)
+    print(f"8 threads, one service: max in flight {stats['max_in_flight']}, {stats['requests']} requests, "
+          f"faults {stats['faults']}")
+
+
+def test_api_endpoint_answering_500_for_good(openai_env: Any, pg_conn: Any, pg_dsn: str) -> None:
+    """Once ~300 sections are stored the endpoint answers 500 to everything: the ingest stops with
+    `EndpointError` after `max_outage` seconds (carrying its report), not after every remaining
+    request has used up its retries; what it stored is right and a re-run stores the rest."""
+    from core.errors import EndpointError
+
+    fake = openai_env
+    sections = make_sections(3000, seed=31)
+    table = "faults_500_for_good"
+    fake.configure(latency_base=0.02, seed=31)
+    broken: list[float] = []
+
+    def progress(counters: Any) -> None:
+        if counters.stored >= 300 and not broken:
+            fake.configure(fault_rates={"500": 1.0})
+            broken.append(time.monotonic())
+
+    with pytest.raises(EndpointError) as info:
+        ingest(pg_dsn, table, sections, fake.base_url, progress=progress, max_outage=3.0, max_concurrency=4)
+    stopped_after = time.monotonic() - broken[0]
+    FIGURES.add_faults(settle(fake))
+    assert "answered nothing but errors" in str(info.value), info.value
+    assert stopped_after < 15.0, stopped_after
+    report = {**info.value.report, "finished": False}  # type: ignore[attr-defined]
+    first = check_table(pg_dsn, table, sections, report, dimensions=DIMS)
+    first.assert_clean()
+    assert report["success_count"] == len(first.stored) >= 300
+    print(f"500 for good: stopped {stopped_after:.1f} s after the endpoint broke; {len(first.stored)} stored")
+    rerun_fault_free(fake, pg_dsn, table, sections, first)
+
+
 # --- fixtures ---------------------------------------------------------------------------------
 
 

@@ -130,3 +130,78 @@ def test_asyncio_timeout_cancels(fake_openai):
 
     with pytest.raises(TimeoutError):
         asyncio.run(main())
+
+
+def _embed_and_kill(driver: str, fake: Any, texts: list[str], **service_kw: Any) -> tuple[BaseException, float]:
+    """`embed` `texts`; the server is SIGKILLed once the first request has settled.
+    Returns (what `embed` raised, seconds from the kill to the raise)."""
+    import os
+    import signal
+
+    killed: list[float] = []
+
+    def kill(served: list[int], batch: Any) -> None:
+        if not killed:
+            os.kill(fake.pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    service_kw.setdefault("api_key", "test-key")
+    try:
+        if driver == "sync":
+            with EmbeddingService(base_url=fake.base_url, **service_kw) as service:
+                service.embed(texts, on_vectors=kill)
+        else:
+            async def main() -> None:
+                async with AsyncEmbeddingService(base_url=fake.base_url, **service_kw) as service:
+                    await service.embed(texts, on_vectors=kill)
+
+            asyncio.run(main())
+    except EndpointError as exc:
+        return exc, time.monotonic() - killed[0]
+    raise AssertionError("embed finished although the endpoint died")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_endpoint_that_dies_mid_run_stops_the_run(driver):
+    """Issue #15 item 13: after the endpoint has answered, refused connections (the server
+    killed) stop the run with `EndpointError` within seconds, and the inputs never sent say
+    so, instead of each request being retried for ~30 s and every input failing."""
+    from core.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer(latency_base=0.05) as fake:
+        exc, after_kill = _embed_and_kill(driver, fake, _texts(2000), max_batch_size=10, max_concurrency=4)
+    assert "stopped accepting connections" in str(exc), exc
+    assert 4.0 <= after_kill < 15.0, after_kill  # ENDPOINT_DOWN_SECONDS, plus backoff; was 31.5 s of retries per request
+    failures = exc.failures  # type: ignore[attr-defined]
+    untried = [i for i, reason in failures.items() if "not sent" in reason]
+    assert len(untried) > 1000, f"{len(untried)} of {len(failures)} failures say 'not sent'"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_endpoint_answering_500_to_everything_is_given_up_on(driver, fake_openai):
+    """Issue #15 item 13: nothing but 500s for `max_outage` seconds stops the run (`EndpointError`);
+    before, each request was retried for 31.5 s and the run went on for as long as it had requests."""
+    fake_openai.configure(fault_rates={"500": 1.0})
+    started = time.monotonic()
+    with pytest.raises(EndpointError) as info:
+        run(driver, fake_openai.base_url, "batch_generate_embeddings", _texts(200), max_batch_size=10,
+            max_concurrency=4, max_outage=2.0)
+    elapsed = time.monotonic() - started
+    assert "answered nothing but errors for" in str(info.value) and "HTTP 500" in str(info.value)
+    assert elapsed < 8.0, elapsed
+    assert info.value.status_code == 500
+
+
+def test_one_service_serves_two_event_loops(fake_openai):
+    """Issue #15 item 12: one `AsyncEmbeddingService` used from a second `asyncio.run` failed
+    with "Event loop is closed" (the SDK client's pooled connections belong to the first loop)."""
+    service = AsyncEmbeddingService(api_key="test-key", base_url=fake_openai.base_url)
+    texts = _texts(30)
+    for _ in range(3):
+        result = asyncio.run(service.batch_generate_embeddings(texts, max_batch_size=10))
+        assert result["failed_indices"] == []
+        np.testing.assert_array_equal(np.asarray(result["embeddings"][7], dtype=np.float32), expected_embedding(texts[7]))
+    assert np.asarray(asyncio.run(service.generate_embedding("again")), dtype=np.float32).tolist() == \
+        expected_embedding("again").tolist()
+    asyncio.run(service.aclose())
+    assert fake_openai.stats()["by_status"] == {"200": 10}

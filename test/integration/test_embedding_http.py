@@ -216,3 +216,20 @@ def test_one_request_over_the_budget_is_split_not_retried_forever(fake_openai):
     result = service.batch_generate_embeddings(texts)
     _assert_vectors(texts, result)
     assert fake_openai.stats()["by_status"].get("429", 0) <= 3
+
+
+def test_max_concurrency_holds_for_threads_sharing_one_service(fake_openai):
+    """Issue #15 item 16: eight threads calling one service never put more than its
+    `max_concurrency` requests in flight (per call it was 32-43 for 8 threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake_openai.configure(latency_base=0.03)
+    service = _service(fake_openai, max_concurrency=3, max_batch_size=4)
+    texts = [_texts(40, prefix=f"t{k}") for k in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(service.batch_generate_embeddings, texts))
+    for chunk, result in zip(texts, results):
+        _assert_vectors(chunk, result)
+    stats = fake_openai.stats()
+    assert stats["by_status"] == {"200": 80}  # 8 threads x 10 requests of 4 inputs
+    assert 2 <= stats["max_in_flight"] <= 3
