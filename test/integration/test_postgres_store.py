@@ -301,3 +301,28 @@ def test_dsn_from_environment(pg_dsn: str, pg_conn: psycopg.Connection[Any], mon
     monkeypatch.delenv("DATABASE_URL")
     with pytest.raises(ConfigurationError, match="DATABASE_URL"):
         PostgresStore()
+
+
+@pytest.mark.integration
+def test_a_refusal_no_row_can_fix_stops_the_run_with_its_report(pg_conn: psycopg.Connection[Any], pg_dsn: str, fake_openai: Any) -> None:
+    """Issue #15 item 9: a full disk (SQLSTATE 53100, here raised by a trigger once 30 rows are in)
+    used to fail every later section as "store failed" (17,830 of them in one measured run); the
+    run now stops with a `StoreError` carrying its exact report, as an unreachable database does."""
+    from core import EmbeddingService
+
+    with PostgresStore(pg_dsn, dimensions=1536) as store:
+        store.ensure_schema(with_index=False)
+    pg_conn.execute(
+        "create function disk_full() returns trigger language plpgsql as $$ begin"
+        " if (select count(*) from section_embeddings) >= 30 then"
+        " raise exception 'could not extend file: No space left on device' using errcode = 'disk_full'; end if;"
+        " return new; end $$"
+    )
+    pg_conn.execute("create trigger disk_full before insert on section_embeddings for each row execute function disk_full()")
+    sections = [{"id": i, "title": f"T{i}", "content": f"text {i}"} for i in range(1, 201)]
+    with EmbeddingService(api_key="k", base_url=fake_openai.base_url) as service, PostgresStore(pg_dsn) as store:
+        with pytest.raises(StoreError, match="cannot store rows now") as info:
+            store.batch_ingest_embeddings(sections, service, batch_size=30)
+    report = info.value.report  # type: ignore[attr-defined]
+    assert report["success_count"] == pg_conn.execute("select count(*) from section_embeddings").fetchone()[0] == 30
+    assert report["failed_count"] < 30  # not the 170 sections after it
