@@ -72,11 +72,12 @@ from .schema import (
 __all__ = ["INDEX_MEMORY_CAP", "MAX_ROWS_PER_CHUNK", "PostgresStore", "TableState"]
 
 MAX_ROWS_PER_CHUNK = POSTGRES_MAX_ROWS_PER_CHUNK
-SERVER_TROUBLE = ("53", "57P")
-"""SQLSTATE classes a row cannot be blamed for: insufficient resources (53100 disk full, 53200 out
-of memory, 53300 too many connections) and the server shutting down or recovering (57P01-57P03).
-Failing the row and going on would fail every later section the same way (17,830 of them in one
-measured disk-full run): the run stops instead, with its exact report."""
+SERVER_TROUBLE = ("53", "57P03")
+"""SQLSTATEs a row cannot be blamed for: insufficient resources (53100 disk full, 53200 out of
+memory, 53300 too many connections) and a server in recovery (57P03, e.g. after a full disk made it
+PANIC). Failing the row and going on would fail every later section the same way (17,830 of them in
+one measured disk-full run): the run stops instead, with its exact report. A session cut by a
+restart (57P01) is not among them: its rows fail as "connection lost" and the pool reconnects."""
 
 
 def _import_drivers() -> tuple[Any, Any, Any, Callable[[Any], Any]]:
