@@ -189,3 +189,7 @@ class BatchQueueStalledError(CoreError):
     def __init__(self, message: str, *, waited: float) -> None:
         self.waited = waited
         super().__init__(message)
+
+
+class InputFileError(ConfigurationError):
+    """The file as a whole cannot be read as sections (wrong format, no header...)."""

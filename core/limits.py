@@ -66,6 +66,12 @@ REQUEST_SHARE_OF_BUDGET = 1 / 8
 """Once the tokens-per-minute budget is known, requests are packed to this share of it
 (never above the API's cap), so ~8 requests fill the bucket and several stay in flight."""
 
+PROBE_POLL_SECONDS = 0.005
+"""While the probe request is out, how often a driver looks whether its rate-limit headers arrived
+(the HTTP response hook sees them before the body is read): 5 ms, against a probe's ~0.2 s."""
+MAX_VECTOR_DIMENSIONS = 16000
+"""pgvector's limit for a `vector` column, and so for `dimensions`."""
+
 # --- Stores and ingest -----------------------------------------------------------------
 DEFAULT_TABLE = "section_embeddings"
 """The table every store writes to and the schema creates, unless told otherwise."""

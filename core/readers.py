@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InputFileError
 from .json_array import JsonArrayStream
 from .utf8 import bom_problem, csv_not_utf8, has_undecodable, not_utf8
 
@@ -51,10 +51,6 @@ _INTEGER = re.compile(r"[+-]?\d+")
 _CSV_FIELD_LIMIT = 64 << 20
 _ENCODING = "utf-8-sig"  # a leading byte-order mark (Excel's CSV export) is dropped
 _ERRORS = "surrogateescape"  # see core.utf8
-
-
-class InputFileError(ConfigurationError):
-    """The file as a whole cannot be read as sections (wrong format, no header...)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from ..engine.attempts import raw_call
 from ..engine.plan import EmbeddingBatch, Request
 from ..engine.retry import acall_with_retries
+from ..limits import PROBE_POLL_SECONDS
 from .base import EmbeddingServiceBase, sent_at
 
 __all__ = ["AsyncEmbeddingService"]
@@ -36,8 +37,6 @@ ProgressCallback = Callable[[int, int], None]
 VectorsCallback = Callable[[list[int], EmbeddingBatch], Any]
 """May be a plain function or a coroutine function (awaited before the next request settles)."""
 
-PROBE_POLL_SECONDS = 0.005
-"""How often a request waiting for the probe's answer looks whether the limits are known."""
 
 
 class AsyncEmbeddingService(EmbeddingServiceBase):

@@ -37,6 +37,7 @@ from ..limits import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_INPUTS_PER_REQUEST,
     MAX_OUTAGE_SECONDS,
+    MAX_VECTOR_DIMENSIONS,
     MAX_TOKENS_PER_INPUT,
     MAX_TOKENS_PER_REQUEST,
 )
@@ -119,7 +120,7 @@ class EmbeddingServiceBase:
         _check_range("max_concurrency", max_concurrency, 1, 1024)
         _check_range("max_retries", max_retries, 0, 100)
         if dimensions is not None:
-            _check_range("dimensions", dimensions, 1, 16000)
+            _check_range("dimensions", dimensions, 1, MAX_VECTOR_DIMENSIONS)
         if encoding_format not in ("base64", "float"):
             raise ConfigurationError(f"encoding_format must be 'base64' or 'float', not {encoding_format!r}")
         if output not in ("list", "numpy", "array"):

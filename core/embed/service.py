@@ -20,7 +20,7 @@ from openai import DefaultHttpxClient, OpenAI
 
 from ..engine.attempts import raw_call
 from ..engine.plan import EmbeddingBatch, Request
-from ..limits import MAX_INPUTS_PER_REQUEST
+from ..limits import MAX_INPUTS_PER_REQUEST, PROBE_POLL_SECONDS
 from ..engine.retry import call_with_retries
 from .base import EmbeddingServiceBase, OutputFormat, sent_at
 
@@ -34,9 +34,6 @@ ProgressCallback = Callable[[int, int], None]
 VectorsCallback = Callable[[list[int], EmbeddingBatch], None]
 """Called after each request settles with the input indices it served (their vectors or errors are set)."""
 
-PROBE_POLL_SECONDS = 0.005
-"""While the probe is out, how often the driver looks whether its rate-limit headers
-arrived (the HTTP response hook sees them before the body is read)."""
 
 
 class EmbeddingService(EmbeddingServiceBase):

@@ -21,7 +21,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
-from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MODEL_DIMENSIONS
+from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MAX_VECTOR_DIMENSIONS, MODEL_DIMENSIONS
 from ..secrets import redact_dsn, scrub_dsn
 from .identifiers import validate_identifier
 
@@ -51,8 +51,7 @@ __all__ = [
 DEFAULT_DIMENSIONS = MODEL_DIMENSIONS[DEFAULT_MODEL]
 """Vector size of the default model (the table's, unless told otherwise)."""
 
-MAX_DIMENSIONS = 16000
-"""pgvector's limit for a `vector` column."""
+MAX_DIMENSIONS = MAX_VECTOR_DIMENSIONS
 
 ID_TYPES = ("bigint", "text", "uuid")
 """Types a table's `section_id` can have: integer ids (the seed's), any string (slugs, paths), UUIDs."""
