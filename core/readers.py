@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .errors import ConfigurationError, InputFileError
+from .errors import InputFileError
 from .json_array import JsonArrayStream
 from .utf8 import bom_problem, csv_not_utf8, has_undecodable, not_utf8
 
