@@ -286,7 +286,7 @@ def client_cpu_breakdown(rest: FakePostgREST, conn: Any, rows: Sequence[Row]) ->
     session = in_memory.client.postgrest.session
     session._transport = httpx.MockTransport(lambda request: httpx.Response(201))
     session._mounts = {}
-    chain = thread_cpu_per_call(in_memory._upsert, payloads)
+    chain = thread_cpu_per_call(lambda p: in_memory._upsert(p, in_memory.retry_policy), payloads)
 
     previous = rest.configure()["latency"]
     rest.configure(latency=0.0)
