@@ -541,9 +541,9 @@ def in_process_ingest(file: Path, dsn: str, fake: FakeOpenAIServer, table: str) 
     store = TimedStore(dsn, table=table, dimensions=DIMENSIONS, create_schema=False)
     before = load()
     try:
-        store._open().execute(f"drop table if exists {table} cascade")
+        store._admin("bench", lambda conn: conn.execute(f"drop table if exists {table} cascade"))
         store.ensure_schema(with_index=False)
-        store._open().execute("checkpoint")
+        store._admin("bench", lambda conn: conn.execute("checkpoint"))
         fake.reset_stats()
         offset = time.time() - time.monotonic()
         embedding_service_module.count_tokens_batch = timed_count  # type: ignore[assignment]
@@ -694,7 +694,7 @@ def store_vs_copy(dsn: str, n: int, repeat: int, default_index_timeout: float) -
             for what in order:
                 if what == "store":
                     with PostgresStore(dsn, table="bench_store", dimensions=DIMENSIONS, create_schema=False) as store:
-                        store._open().execute("drop table if exists bench_store cascade")
+                        store._admin("bench", lambda conn: conn.execute("drop table if exists bench_store cascade"))
                         store.ensure_schema(with_index=False)
 
                         def write(rows: Sequence[Row], store: PostgresStore = store) -> None:

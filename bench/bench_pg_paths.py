@@ -105,9 +105,9 @@ def main() -> None:
                     dsn, table="bench_rows", dimensions=args.dimensions, rows_per_chunk=args.chunk,
                     create_schema=False, write_path=path,
                 ) as store:
-                    store._open().execute("drop table if exists bench_rows cascade")
+                    store._admin("bench", lambda conn: conn.execute("drop table if exists bench_rows cascade"))
                     store.ensure_schema(with_index=args.with_index)
-                    store._open().execute("checkpoint")
+                    store._admin("bench", lambda conn: conn.execute("checkpoint"))
                     new[path].append(timed_write(store, first, cpu[path]))
                     existing[path].append(timed_write(store, second, cpu[path]))
                     assert store.count() == args.rows
@@ -119,7 +119,7 @@ def main() -> None:
                 flush=True,
             )
         with PostgresStore(dsn, table="bench_rows", dimensions=args.dimensions, create_schema=False) as store:
-            store._open().execute("drop table if exists bench_rows cascade")
+            store._admin("bench", lambda conn: conn.execute("drop table if exists bench_rows cascade"))
     finally:
         if server is not None:
             server.cleanup()
