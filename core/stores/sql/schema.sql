@@ -57,8 +57,10 @@ create index if not exists {{metadata_index}}
 
 create index if not exists {{fts_index}} on {{table}} using gin (fts);
 
--- A sync (ingest --sync) reads and deletes the rows of one source.
-create index if not exists {{source_index}} on {{table}} (source);
+-- A sync (ingest --sync) reads and deletes the rows of one source. Partial: rows written
+-- outside any sync (no source) stay out of it, and their upserts do not maintain it
+-- (every upsert of a 6 KB vector row is a new tuple, so it updates every index).
+create index if not exists {{source_index}} on {{table}} (source) where source is not null;
 
 -- index:begin
 {{index_comment}}
