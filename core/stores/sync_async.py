@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..engine.ingest_run import IngestProgress, IngestRun, check_ingest_args
-from ..engine.sections import canonical_id
+from ..engine.sections import canonical_id, ids_type
 from ..engine.sync_plan import decide_deletions, parse_max_delete
 from ..errors import ConfigurationError
 from ..limits import INGEST_WINDOW, SYNC_MAX_DELETE_FRACTION
@@ -71,7 +71,7 @@ class AsyncSyncing:
         keys = []
         for section_id in ids:
             try:
-                keys.append(canonical_id(section_id, self.table_id_type or _id_type_of(section_id)))
+                keys.append(canonical_id(section_id, self.table_id_type or ids_type([section_id])))
             except (TypeError, ValueError):
                 continue  # cannot be stored here, so is not
         return await self.delete_rows(keys) if keys else 0
@@ -147,7 +147,7 @@ class AsyncSyncing:
             present = []
             for section_id in run.present_ids():
                 try:
-                    present.append(canonical_id(section_id, self.table_id_type or _id_type_of(section_id)))
+                    present.append(canonical_id(section_id, self.table_id_type or ids_type([section_id])))
                 except (TypeError, ValueError):
                     continue  # failed alone as not fitting the table: it is not stored either
             decision = decide_deletions(stored, present, guard, source=source, blockers=blockers)
@@ -163,7 +163,3 @@ class AsyncSyncing:
         )
         return report
 
-
-def _id_type_of(section_id: Any) -> str:
-    """The id type that keeps `section_id` as it is, where the table's is not known."""
-    return "bigint" if isinstance(section_id, int) and not isinstance(section_id, bool) else "text"
