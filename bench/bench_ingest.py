@@ -197,6 +197,16 @@ def write_sections(path: Path, n: int, seed: int, keep: set[int]) -> tuple[dict[
 # --- 1. the CLI in a subprocess ------------------------------------------------------------------
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (files that vanish mid-walk are skipped)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def postmaster(pgdata: Path) -> tuple[int, str, str] | None:
     """(pid, status, dsn) from `pgdata`/postmaster.pid, or None."""
     try:
@@ -220,6 +230,7 @@ class Sampler(threading.Thread):
         self.halt = threading.Event()
         self.samples: list[tuple[float, int, int, int, int, int]] = []  # t, cli, kids, pg rss, pg pss, pg procs
         self.pg_ready_at: float | None = None
+        self.disk: list[tuple[float, int]] = []  # t, bytes under pgdata (every 2 s: a walk of the folder)
 
     def run(self) -> None:
         try:
@@ -255,6 +266,8 @@ class Sampler(threading.Thread):
                             pg_pss += full.pss
                             procs += 1
             self.samples.append((started, rss, kids, pg_rss, pg_pss, procs))
+            if not self.disk or started - self.disk[-1][0] >= 2.0:
+                self.disk.append((started, folder_bytes(self.pgdata)))
             self.halt.wait(max(0.0, self.interval - (time.time() - started)))
 
     def peaks(self) -> dict[str, Any]:
@@ -270,6 +283,7 @@ class Sampler(threading.Thread):
             "postgres_peak_rss_sum_mb": round(max(s[3] for s in self.samples) / mb, 1),
             "postgres_peak_pss_sum_mb": round(max(s[4] for s in self.samples) / mb, 1),
             "postgres_max_processes": max(s[5] for s in self.samples),
+            "pgdata_peak_mb": round(max((d[1] for d in self.disk), default=0) / mb, 1),
             # One sample a second: [s after the first sample, CLI RSS MB, Postgres PSS MB].
             "rss_timeline": [[round(s[0] - self.samples[0][0], 1), round(s[1] / mb), round(s[4] / mb)]
                              for s in self.samples[:: max(1, round(1 / self.interval))]],
@@ -415,6 +429,7 @@ def run_cli(file: Path, pgdata: Path, fake: FakeOpenAIServer, workdir: Path, lab
         "load_after": after,
     }
     result.update(sampler.peaks())
+    result["pgdata_final_mb"] = round(folder_bytes(pgdata) / (1 << 20), 1)
     n = int(summary.get("sections", 0) or 0)
     tokens = int(summary.get("tokens", 0) or 0)
     result["sections_per_s"] = round(n / wall, 1) if wall else None
@@ -989,6 +1004,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": s.get("stored") == n and s.get("failed") == 0})
         peak = max(c1.get("cli_peak_rss_mb") or 0, c1.get("cli_maxrss_mb_kernel") or 0)
         out.append({"target": "CLI peak RSS < 500 MB", "measured": f"{peak} MB", "met": peak < 500})
+    check = res.get("cli_table_check")
+    if c1 and check:  # issue #20: the embedded folder at most 1.5x its table plus 64 MB after a large load
+        limit = 1.5 * check["table_total_mb"] + 64
+        out.append({"target": "embedded folder <= 1.5x its table + 64 MB",
+                    "measured": f"{c1['pgdata_final_mb']:,.0f} MB for a table of {check['table_total_mb']:,.0f} MB "
+                                f"(peak {c1.get('pgdata_peak_mb', 0):,.0f} MB during the run)",
+                    "met": c1["pgdata_final_mb"] <= limit})
     c2 = res.get("cli_second_run")
     if c2:
         s = c2["summary"]

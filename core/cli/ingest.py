@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                     _index_left(args)
                 return interrupted(args, outcome, model(args), time.monotonic() - started)
             if build_index:
-                _build_index(store, note)
+                _build_index(store, note, embedded=target.kind == "embedded")
         return finish(args, outcome, source, failed_out, model(args), time.monotonic() - started)
 
 
@@ -227,15 +227,22 @@ def _index_left(args: argparse.Namespace) -> None:
          "table until the next ingest into it builds the index (or run schema --apply)")
 
 
-def _build_index(store: Any, note: Note) -> None:
-    """The HNSW index, built once after the load (not for an empty table: the next load builds it)."""
+def _build_index(store: Any, note: Note, *, embedded: bool) -> None:
+    """The HNSW index, built once after the load (not for an empty table: the next load builds it).
+
+    On the embedded server the build may take a share of this machine's memory
+    (`index_memory_cap`); on a user's database, the store's own cap."""
     try:
         rows = store.count()
         if not rows:
             return
-        note(f"building the HNSW index on {rows:,} rows...")
+        from ..embedded.spawn import index_memory_cap  # here: the CLI's start imports no server code
+
+        cap = index_memory_cap() if embedded else None
+        memory = f", up to {cap / (1 << 30):.1f} GB of memory" if cap else ""
+        note(f"building the HNSW index on {rows:,} rows{memory}...")
         started = time.monotonic()
-        store.create_index()
+        store.create_index(**({"memory_cap": cap} if cap else {}))
         note(f"index built in {time.monotonic() - started:.1f} s")
     except CoreError as exc:
         warn(f"the HNSW index was not built ({exc}); searches work without it, and the next ingest builds it")

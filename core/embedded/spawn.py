@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,8 +39,10 @@ __all__ = [
     "SETTINGS",
     "SOCKET_PREFIX",
     "START_TIMEOUT",
+    "INDEX_MEMORY_SHARE",
     "check_path",
     "dsn_for",
+    "index_memory_cap",
     "forget_socket_folder",
     "reap",
     "shell_safe",
@@ -73,6 +76,34 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Processes we started, kept referenced so that no Popen is collected (and warns) while it runs.
 _logger = logging.getLogger(__name__)
 _SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+INDEX_MEMORY_SHARE = 3
+"""An HNSW build on the embedded server may use up to 1/3 of the machine's memory. pgvector builds
+fast only while its graph fits in `maintenance_work_mem` (then it goes on on disk, one insert at a
+time): a 1536-dim graph takes ~6.8 KB per row, so 1,000,000 rows need ~6.8 GB, far over the 1 GB a
+user's database is asked for (`core.stores.postgres_sql.INDEX_MEMORY_CAP`). The embedded server is
+ours and local: what it can take is what this machine has."""
+SHM_FOLDER = "/dev/shm"
+"""Where PostgreSQL's dynamic shared memory lives on Linux (``dynamic_shared_memory_type = posix``):
+a parallel HNSW build puts its whole `maintenance_work_mem` there, so a small /dev/shm (64 MB in a
+default Docker container) fails the build with "could not resize shared memory segment"."""
+
+
+def index_memory_cap(*, shm_folder: str = SHM_FOLDER) -> int | None:
+    """Most `maintenance_work_mem` (bytes) an HNSW build on the embedded server should ask for:
+    1/`INDEX_MEMORY_SHARE` of physical memory, and at most 3/4 of what /dev/shm has free (where
+    there is one); None when the machine's memory cannot be read (the stores' own cap applies)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows) or no such name
+        return None
+    cap = physical // INDEX_MEMORY_SHARE
+    try:
+        cap = min(cap, shutil.disk_usage(shm_folder).free * 3 // 4)
+    except OSError:  # no /dev/shm (macOS keeps POSIX shared memory elsewhere, unbounded by a folder)
+        pass
+    return cap
 
 
 def shell_safe(path: Path) -> bool:

@@ -85,6 +85,8 @@ def test_ingest_example_into_embedded_postgres(embedded: dict[str, Any]) -> None
     assert re.search(r"^[\d,]+ tokens, cost \$0\.0000\d+, [\d.]+ s$", proc.stdout.splitlines()[1])
     # The progress bar (forced on: stderr is a pipe) shows sections, tokens/s and failures.
     assert "40/40" in proc.stderr and "tok/s" in proc.stderr and "0 failed" in proc.stderr
+    # The embedded server's build may take a share of this machine's memory, and says how much.
+    assert re.search(r"building the HNSW index on 40 rows, up to \d+\.\d GB of memory\.\.\.", proc.stderr), proc.stderr
     assert embedded["stats"]["inputs_ok"] == 40
     with psycopg.connect(embedded["dsn"]) as conn:
         rows = conn.execute(
@@ -297,6 +299,7 @@ def test_index_is_built_after_the_load(in_process: Any, pg_dsn: str, pg_conn: An
     status, captured = in_process("ingest", str(EXAMPLE), "--database-url", pg_dsn, "--table", "cli_idx", "--dimensions", "8")
     assert status == 0, captured.err
     assert "building the HNSW index on 40 rows" in captured.err
+    assert "of memory" not in captured.err  # a user's database: the store's own cap, no share of this machine
     assert pg_conn.execute("select to_regclass('cli_idx_embedding_hnsw_idx') is not null").fetchone() == (True,)
     # An emptied table that still has its index: dropped before the load, rebuilt after it.
     pg_conn.execute("delete from cli_idx")
