@@ -76,7 +76,16 @@ MAX_VECTOR_DIMENSIONS = 16000
 DEFAULT_TABLE = "section_embeddings"
 """The table every store writes to and the schema creates, unless told otherwise."""
 DEFAULT_MATCH_FUNCTION = "match_sections"
-"""The search function the schema creates (`match_sections(query_embedding, match_count, match_threshold)`)."""
+"""The search function the schema creates for the default table (`match_<table>` for others)."""
+SEARCH_EF_SEARCH = 200
+"""`hnsw.ef_search` of the schema's search functions unless a caller gives one: candidates an
+HNSW scan keeps. pgvector's own 40 reached recall@10 0.91 on 100,000 clustered 1536-dim rows
+(bench/bench_search.py: some queries found none of their 10 neighbours); see the README's
+search table for what this value measures, and its latency."""
+SEARCH_EXACT_BELOW_ROWS = 10_000
+"""A table of fewer rows is searched exactly (every distance computed) rather than through its
+HNSW index: exact costs a few ms there, and HNSW's graph can miss rows (on 90 rows of the try-out
+server's sparse vectors it missed a section's own text)."""
 INGEST_WINDOW = 8192
 """Sections validated and looked up per window: bounds memory on any corpus size."""
 SUPABASE_MAX_CONCURRENCY = 16

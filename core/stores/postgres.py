@@ -46,6 +46,7 @@ from ..secrets import redact_dsn, scrub_dsn
 from . import _flavour as flavour
 from .postgres_admin import PostgresAdmin
 from .postgres_pool import PostgresConnections
+from .postgres_rows import EF_SEARCH_MAX
 from .postgres_search import PostgresSearch
 from .postgres_sync import PostgresSync
 from .sync import Syncing
@@ -114,7 +115,8 @@ class PostgresStore(
             where `vector` distances kill the server and `halfvec` ones work.
             Similarities are then half precision (about three digits).
         ef_search: Candidates an HNSW search keeps (`hnsw.ef_search`, per search): more is slower
-            and finds more of the true nearest rows (default: pgvector's 40, or k when larger).
+            and finds more of the true nearest rows (default: the schema's
+            `core.limits.SEARCH_EF_SEARCH`, 200; at least k).
         pool_size: Most connections open at once (concurrent callers each get one).
         id_type: The id column's type for a new table (``"bigint"``, ``"text"``, ``"uuid"``);
             default: bigint when the first ids ingested are integers, else text. An
@@ -165,7 +167,7 @@ class PostgresStore(
         self.create_schema = create_schema
         self.connect_timeout = connect_timeout
         self.halfvec_scan = bool(halfvec_scan)
-        if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000):
+        if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= EF_SEARCH_MAX):
             raise ConfigurationError(f"ef_search must be an int from 1 to 1000, got {ef_search!r}")
         self.ef_search = ef_search
         self.pool_size = pool_size

@@ -15,7 +15,7 @@ from ..engine.rows import Row, vector_literal
 from ..engine.sections import canonical_id
 
 __all__ = [
-    "COLUMNS", "ID_ARRAY", "SEARCH_COLUMNS", "as_float32", "chunks", "ef_search", "refresh_sql", "prepare_rows",
+    "COLUMNS", "ID_ARRAY", "SEARCH_COLUMNS", "as_float32", "chunks", "refresh_sql", "prepare_rows",
     "refusal_reason", "row_params", "search_result", "search_sql", "upsert_sql",
 ]
 
@@ -30,8 +30,6 @@ _ARRAY_TYPES = ("%s[]", "text[]", "vector[]", "text[]", "text[]", "int4[]", "tim
 ID_ARRAY = {"bigint": "int8", "text": "text", "uuid": "uuid"}
 """The element type of an array of ids, per id type."""
 
-EF_SEARCH_DEFAULT = 40
-"""pgvector's `hnsw.ef_search` default: an HNSW scan returns at most this many rows."""
 EF_SEARCH_MAX = 1000
 """pgvector's upper bound for `hnsw.ef_search`."""
 
@@ -160,17 +158,19 @@ def search_sql(
     *,
     halfvec_scan: bool,
     filter: Any = None,
+    ef_search: int | None = None,
 ) -> tuple[str, Any]:
     """The statement (and its parameters) for the `k` rows nearest `query`, a float32 numpy vector,
     among the rows whose metadata contains `filter` (a `Jsonb`, or None for all).
 
-    Through the search function, or with ``halfvec_scan`` by a full scan with
+    Through the search function (`ef_search`: its HNSW candidates, None for the schema's
+    `SEARCH_EF_SEARCH`), or with ``halfvec_scan`` by a full scan with
     `halfvec` distances, the query sent as text and cast straight to halfvec: no
     `vector` arithmetic anywhere (for the pgvector build whose `vector` distances crash).
     """
     columns = ", ".join(SEARCH_COLUMNS)
     if not halfvec_scan:
-        return f"select {columns} from {match_function}(%b, %s, %s, %s)", (query, k, threshold, filter)
+        return f"select {columns} from {match_function}(%b, %s, %s, %s, %s)", (query, k, threshold, filter, ef_search)
     distance = f"embedding::halfvec({dimensions}) <=> %(q)s::halfvec({dimensions})"
     sql = (
         f"select section_id, title, content, metadata, 1 - ({distance}) as similarity from {table} "
@@ -190,12 +190,3 @@ def search_result(row: Sequence[Any]) -> dict[str, Any]:
         "id": section_id, "section_id": section_id, "title": title, "content": content,
         "metadata": metadata if metadata is not None else {}, "similarity": float(similarity),
     }
-
-
-def ef_search(k: int, *, halfvec_scan: bool = False, at_least: int | None = None) -> str | None:
-    """The `hnsw.ef_search` a search for `k` rows needs (an HNSW scan yields at most that many; a
-    store may ask for more candidates, `at_least`, for recall), or None for the server's own."""
-    if halfvec_scan:
-        return None
-    wanted = max(k, at_least or 0)
-    return str(min(wanted, EF_SEARCH_MAX)) if wanted > EF_SEARCH_DEFAULT else None

@@ -2,7 +2,8 @@
 `halfvec` scan), and hybrid, full-text and vector ranks fused, through its `_hybrid` twin.
 
 With a metadata filter the search function's HNSW scan goes on until it has k matching rows
-(pgvector 0.8's iterative scan); `hnsw.ef_search` is widened for k above 40, per transaction.
+(pgvector 0.8's iterative scan); the function sets `hnsw.ef_search` for its own call (at least
+k; the store's `ef_search`, else the schema's `SEARCH_EF_SEARCH`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, InvalidInputError, StoreError
-from .postgres_rows import SEARCH_COLUMNS, as_float32, ef_search, search_result, search_sql
+from .postgres_rows import SEARCH_COLUMNS, as_float32, search_result, search_sql
 from .schema import hybrid_function
 
 __all__ = ["AsyncPostgresSearch"]
@@ -46,14 +47,10 @@ class AsyncPostgresSearch:
             raise InvalidInputError(f"query vector has {query.size} dimensions, table {self.table!r} has {self.dimensions}")
         return query
 
-    async def _search(self, sql: str, params: Any, k: int) -> list[dict[str, Any]]:
-        widen = ef_search(k, halfvec_scan=self.halfvec_scan, at_least=self.ef_search)
+    async def _search(self, sql: str, params: Any) -> list[dict[str, Any]]:
         async with self._borrow() as conn:
             try:
-                async with conn.transaction():
-                    if widen is not None:  # for this transaction only
-                        await conn.execute("select set_config('hnsw.ef_search', %s, true)", (widen,))
-                    rows = await (await conn.execute(sql, params)).fetchall()
+                rows = await (await conn.execute(sql, params)).fetchall()
             except self._psycopg.Error as exc:
                 raise self._error("search failed", exc) from None
         return [search_result(row) for row in rows]
@@ -65,7 +62,7 @@ class AsyncPostgresSearch:
 
         Args:
             vector: Query vector of `dimensions` floats.
-            k: How many rows at most (an HNSW scan returns at most 1,000).
+            k: How many rows at most.
             threshold: Only rows with similarity >= threshold.
             filter: Only rows whose metadata contains this (``metadata @> filter``).
 
@@ -81,9 +78,9 @@ class AsyncPostgresSearch:
         query = self._query_vector(vector)
         sql, params = search_sql(
             self.table, self.match_function, self.dimensions, query, k, threshold, halfvec_scan=self.halfvec_scan,
-            filter=_jsonb(filter),
+            filter=_jsonb(filter), ef_search=self.ef_search,
         )
-        return await self._search(sql, params, k)
+        return await self._search(sql, params)
 
     async def search_hybrid(
         self, text: str, vector: Sequence[float], k: int = 5, *, filter: Mapping[str, Any] | None = None
@@ -101,5 +98,6 @@ class AsyncPostgresSearch:
             raise ConfigurationError("hybrid search computes vector distances, which halfvec_scan avoids")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
-        sql = f"select {', '.join(SEARCH_COLUMNS)} from {hybrid_function(self.match_function)}(%s, %b, %s, %s)"
-        return await self._search(sql, (text, self._query_vector(vector), k, _jsonb(filter)), k)
+        sql = (f"select {', '.join(SEARCH_COLUMNS)} from {hybrid_function(self.match_function)}"
+               "(%s, %b, %s, %s, ef_search => %s)")
+        return await self._search(sql, (text, self._query_vector(vector), k, _jsonb(filter), self.ef_search))

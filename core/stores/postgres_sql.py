@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..limits import REBUILD_INDEX_MIN_SHARE
-from .schema import hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
+from .schema import exact_function, hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
 
 __all__ = [
     "INDEX_MEMORY_CAP",
@@ -77,14 +77,14 @@ def table_state(row: tuple[Any, ...], stored: tuple[Any, ...] | None) -> TableSt
 def _function_body(table: str, dimensions: int, match_function: str) -> str:
     """The search function's body exactly as the rendered schema defines it."""
     sql = render_schema(table=table, dimensions=dimensions, match_function=match_function, with_index=False)
-    match = re.search(r"create or replace function .*?\bas \$\$(.*?)\$\$;", sql, re.DOTALL)
+    match = re.search(rf"create or replace function {re.escape(match_function)}\(.*?\bas \$\$(.*?)\$\$;", sql, re.DOTALL)
     assert match is not None, "schema.sql: search function not found"
     return match.group(1)
 
 
 def schema_current_query(*, table: str, dimensions: int, match_function: str) -> tuple[str, dict[str, Any]]:
     """One row: (table with that vector size and every column, RLS on, indexes there, search function
-    with that body and four arguments).
+    with that body and five arguments, none of its older forms).
 
     Checked first so a store does not run DDL on every connection: DDL takes an
     exclusive lock on the table (``alter table ... enable row level security``)
@@ -99,17 +99,18 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
             and (select count(*) = 4 from pg_attribute a
                   where a.attrelid = to_regclass(%(table)s) and a.attname in ('content', 'metadata', 'source', 'fts')
                     and not a.attisdropped)
-            and exists (select 1 from pg_proc p where p.proname = %(hybrid)s and p.pronargs = 7
+            and exists (select 1 from pg_proc p where p.proname = %(hybrid)s and p.pronargs = 8
                          and pg_function_is_visible(p.oid))
             and to_regclass(%(metadata_index)s) is not null
-            and to_regprocedure('core_sync_lock(text,text,text,integer)') is not null,
+            and to_regprocedure('core_sync_lock(text,text,text,integer)') is not null
+            and to_regprocedure(%(exact)s) is not null,
           (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
           to_regclass(%(index)s) is not null,
           exists (select 1 from pg_proc p
-                   where p.proname = %(function)s and p.pronargs = 4
+                   where p.proname = %(function)s and p.pronargs = 5
                      and pg_function_is_visible(p.oid) and p.prosrc = %(body)s)
             and not exists (select 1 from pg_proc p
-                   where p.proname = %(function)s and p.pronargs = 3 and pg_function_is_visible(p.oid))
+                   where p.proname = %(function)s and p.pronargs in (3, 4) and pg_function_is_visible(p.oid))
         """
     return sql, {
         "dimensions": dimensions,
@@ -118,6 +119,7 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
         "metadata_index": metadata_index_name(table),
         "function": match_function,
         "hybrid": hybrid_function(match_function),
+        "exact": f"{exact_function(match_function)}(vector,integer,jsonb)",
         "body": _function_body(table, dimensions, match_function),
     }
 

@@ -21,7 +21,15 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
-from ..limits import DEFAULT_MATCH_FUNCTION, DEFAULT_MODEL, DEFAULT_TABLE, MAX_VECTOR_DIMENSIONS, MODEL_DIMENSIONS
+from ..limits import (
+    DEFAULT_MATCH_FUNCTION,
+    DEFAULT_MODEL,
+    DEFAULT_TABLE,
+    MAX_VECTOR_DIMENSIONS,
+    MODEL_DIMENSIONS,
+    SEARCH_EF_SEARCH,
+    SEARCH_EXACT_BELOW_ROWS,
+)
 from ..secrets import redact_dsn, scrub_dsn
 from .identifiers import validate_identifier
 
@@ -37,6 +45,7 @@ __all__ = [
     "apply_schema",
     "apply_schema_sql",
     "default_match_function",
+    "exact_function",
     "hybrid_function",
     "metadata_index_name",
     "validate_id_type",
@@ -114,6 +123,13 @@ def default_match_function(table: str) -> str:
         ConfigurationError: If `table` is not a valid identifier.
     """
     return DEFAULT_MATCH_FUNCTION if table == DEFAULT_TABLE else _derived_name(table, "match_", "")
+
+
+def exact_function(match_function: str) -> str:
+    """The exact-scan helper of `match_function` (every distance computed; the planner's own scan)."""
+    if len(match_function) + len("_exact") <= 63:
+        return match_function + "_exact"
+    return match_function[:47] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_exact"
 
 
 def hybrid_function(match_function: str) -> str:
@@ -238,6 +254,9 @@ def render_schema(
         "source_index": _derived_name(table, "", "_source_idx"),
         "fts_index": _derived_name(table, "", "_fts_idx"),
         "hybrid_function": hybrid_function(match_function),
+        "exact_function": exact_function(match_function),
+        "ef_search": str(SEARCH_EF_SEARCH),
+        "exact_below": str(SEARCH_EXACT_BELOW_ROWS),
     }
     values.update(_index_parts(table, dimensions))
     template = _template()

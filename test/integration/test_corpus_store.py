@@ -135,7 +135,8 @@ def test_two_tables_of_other_widths_each_with_its_own_search_function(pg_conn: A
             assert {h["id"] for h in small.search("topic", k=10, embedding_service=narrow)} == {s["id"] for s in sections[6:]}
     assert small.match_function == default_match_function("d256") == "match_d256"
     functions = pg_conn.execute("select proname from pg_proc where pronamespace = 'public'::regnamespace and proname like 'match%' order by 1").fetchall()
-    assert functions == [("match_d256",), ("match_d256_hybrid",), ("match_sections",), ("match_sections_hybrid",)]
+    assert functions == [("match_d256",), ("match_d256_exact",), ("match_d256_hybrid",),
+                         ("match_sections",), ("match_sections_exact",), ("match_sections_hybrid",)]
 
 
 def test_a_table_of_the_earlier_version_is_upgraded_in_place(pg_conn: Any, pg_dsn: str, fake_openai: Any) -> None:
@@ -178,7 +179,7 @@ def test_a_table_of_the_earlier_version_is_upgraded_in_place(pg_conn: Any, pg_ds
     assert pg_conn.execute("select count(*) from section_embeddings where content like 'old text %'").fetchone() == (20,)
     assert hits[0]["id"] == 3 and hits[0]["content"] == "old text 3"
     args = pg_conn.execute("select pronargs from pg_proc where proname = 'match_sections'").fetchall()
-    assert args == [(4,)]
+    assert args == [(5,)]  # the search function takes ef_search now
 
 
 def test_filtered_and_unfiltered_recall_against_an_exact_scan(pg_conn: Any, pg_dsn: str, pg_hnsw: Any) -> None:

@@ -139,7 +139,8 @@ def test_schema_applies_twice_and_catalog_matches(pg_conn: psycopg.Connection[An
     assert fn == [
         (
             "query_embedding vector, match_count integer DEFAULT 5, "
-            "match_threshold double precision DEFAULT NULL::double precision, filter jsonb DEFAULT '{}'::jsonb",
+            "match_threshold double precision DEFAULT NULL::double precision, filter jsonb DEFAULT '{}'::jsonb, "
+            "ef_search integer DEFAULT NULL::integer",
             "TABLE(section_id bigint, title text, content text, metadata jsonb, similarity double precision)",
             "s",
             "sql",
@@ -161,7 +162,7 @@ def test_rls_without_policy_hides_everything_from_other_roles(pg_conn: psycopg.C
     pg_conn.execute(f"create role {role} nologin")
     try:
         pg_conn.execute(f"grant select, insert on section_embeddings to {role}")
-        pg_conn.execute(f"grant execute on function match_sections(vector, int, double precision, jsonb) to {role}")
+        pg_conn.execute(f"grant execute on function match_sections(vector, int, double precision, jsonb, int) to {role}")
         with pg_conn.transaction():
             pg_conn.execute(f"set local role {role}")
             assert pg_conn.execute("select count(*) from section_embeddings").fetchone() == (0,)
@@ -256,6 +257,9 @@ def test_match_function_uses_the_hnsw_index(
 ) -> None:
     apply_schema(pg_dsn, table="indexed", dimensions=dims, match_function="match_indexed")
     insert_binary(pg_conn, "indexed", unit_vectors(50, dims, seed=7))
+    # The function searches a table under SEARCH_EXACT_BELOW_ROWS rows exactly (see schema.sql):
+    # have PostgreSQL estimate this one large, so the question is whether the index is usable.
+    pg_conn.execute("update pg_class set reltuples = 1000000 where oid = 'indexed'::regclass")
     index = index_name("indexed")
 
     def scans() -> int:

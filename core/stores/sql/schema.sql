@@ -68,8 +68,10 @@ create index if not exists {{source_index}} on {{table}} (source) where source i
 -- index:end
 
 -- The search function of earlier versions took three arguments and returned no
--- content or metadata: replaced by the one below (a changed return type needs a drop).
+-- content or metadata, then four (no ef_search): replaced by the one below (a changed
+-- return type or argument list needs a drop; two overloads would make calls ambiguous).
 drop function if exists {{match_function}}(vector, integer, double precision);
+drop function if exists {{match_function}}(vector, integer, double precision, jsonb);
 
 -- Nearest sections to query_embedding, best first; similarity = 1 - cosine distance.
 -- filter keeps rows whose metadata contains it (JSON containment, '{}' = all rows);
@@ -84,36 +86,82 @@ drop function if exists {{match_function}}(vector, integer, double precision);
 -- index out of its ordering), so k rows come back whenever k rows match. Each call is
 -- planned for its own filter (PostgreSQL 18 caches SQL functions' plans: a generic plan,
 -- blind to the filter, scanned the whole table: 2 ms became 15-19 ms from the 6th call on).
+-- ef_search: candidates the HNSW scan keeps (hnsw.ef_search; at least match_count, at
+-- most pgvector's 1,000), {{ef_search}} unless given. pgvector's default, 40, missed a
+-- query's whole neighbourhood on clustered vectors (recall@10 0.91-0.95 on 100,000 rows
+-- of 1536 dimensions; some queries found 0 of their 10): see bench/bench_search.py. Set
+-- for this call only (the SET clause below restores the caller's value on return).
+-- Which scan: the planner's choice between the HNSW scan and a scan of all rows (or
+-- of the filter's GIN bitmap) turned on ef_search (pgvector's cost estimate) and left
+-- out the vectors stored out of line: on 100,000 rows it scanned them all at ef_search
+-- 100 and 300 (0.5-1 s against 5-30 ms). So the function decides: a table of fewer than
+-- {{exact_below}} rows is scanned exactly, every other through the index. Its size: PostgreSQL's
+-- estimate (pg_class.reltuples, set by an index build, ANALYZE and autovacuum) when that
+-- says large, else counted up to {{exact_below}} (the estimate lags a table filled since).
 -- Security invoker (the default): row level security applies to the caller.
+--
+-- The exact answer: the `match_count` rows whose metadata contains `filter` nearest
+-- query_embedding, every distance computed ("+ 0" keeps the HNSW index out of the
+-- ordering), by whichever scan the planner finds cheapest (the filter's GIN bitmap, or
+-- all rows): the search function below answers with it for a small table, or when its
+-- HNSW scan comes back short.
+create or replace function {{exact_function}}(
+  query_embedding vector({{dimensions}}), match_count int, filter jsonb
+)
+returns table (
+  section_id {{id_type}}, title text, content text, metadata jsonb, distance double precision
+)
+language sql stable
+set enable_seqscan = on
+set enable_bitmapscan = on
+set plan_cache_mode = 'force_custom_plan'
+as $$
+  select t.section_id, t.title, t.content, t.metadata, ({{order_key}} <=> {{order_query}}) + 0 as distance
+  from {{table}} t
+  where t.metadata @> coalesce(filter, '{}'::jsonb)
+  order by 5
+  limit match_count;
+$$;
+
 create or replace function {{match_function}}(
   query_embedding vector({{dimensions}}),
   match_count int default 5,
   match_threshold double precision default null,
-  filter jsonb default '{}'::jsonb
+  filter jsonb default '{}'::jsonb,
+  ef_search int default null
 )
 returns table (
   section_id {{id_type}}, title text, content text, metadata jsonb, similarity double precision
 )
 language sql stable
 set hnsw.iterative_scan = 'relaxed_order'
+set hnsw.ef_search = {{ef_search}}
+set enable_seqscan = off
+set enable_bitmapscan = off
 set plan_cache_mode = 'force_custom_plan'
 as $$
-  with nearest as materialized (
+  select set_config('hnsw.ef_search', least(1000, greatest(coalesce(ef_search, {{ef_search}}), match_count, 1))::text, true);
+  with small as (
+    select case
+      when coalesce((select c.reltuples from pg_class c where c.oid = to_regclass('{{table}}')), -1) >= {{exact_below}}
+      then false
+      else (select count(*) from (select from {{table}} limit {{exact_below}}) r) < {{exact_below}}
+    end as yes
+  ),
+  nearest as materialized (
     select t.section_id, t.title, t.content, t.metadata, {{order_key}} <=> {{order_query}} as distance
     from {{table}} t
-    where t.metadata @> coalesce(filter, '{}'::jsonb)
+    where not (select yes from small) and t.metadata @> coalesce(filter, '{}'::jsonb)
     order by {{order_key}} <=> {{order_query}}
     limit match_count
   ),
   short as (
-    select (select count(*) from nearest) < match_count and coalesce(filter, '{}'::jsonb) <> '{}'::jsonb as yes
+    select (select yes from small)
+        or ((select count(*) from nearest) < match_count and coalesce(filter, '{}'::jsonb) <> '{}'::jsonb) as yes
   ),
   exact as materialized (
-    select t.section_id, t.title, t.content, t.metadata, ({{order_key}} <=> {{order_query}}) + 0 as distance
-    from {{table}} t
-    where (select yes from short) and t.metadata @> coalesce(filter, '{}'::jsonb)
-    order by 5
-    limit match_count
+    select e.* from short s cross join lateral {{exact_function}}(query_embedding, match_count, filter) e
+    where s.yes
   ),
   chosen as (
     select * from nearest where not (select yes from short)
@@ -131,6 +179,7 @@ $$;
 -- (score = sum of weight / (rrf_k + rank) over the two lists), as Supabase's hybrid
 -- search guide does; on equal scores the row that matches the words comes first;
 -- similarity is still the cosine similarity.
+-- ef_search as in the search function above.
 drop function if exists {{hybrid_function}}(text, vector, integer, jsonb, double precision, double precision, integer);
 create or replace function {{hybrid_function}}(
   query_text text,
@@ -139,15 +188,18 @@ create or replace function {{hybrid_function}}(
   filter jsonb default '{}'::jsonb,
   full_text_weight double precision default 1,
   semantic_weight double precision default 1,
-  rrf_k int default 50
+  rrf_k int default 50,
+  ef_search int default null
 )
 returns table (
   section_id {{id_type}}, title text, content text, metadata jsonb, similarity double precision
 )
 language sql stable
 set hnsw.iterative_scan = 'relaxed_order'
+set hnsw.ef_search = {{ef_search}}
 set plan_cache_mode = 'force_custom_plan'
 as $$
+  select set_config('hnsw.ef_search', least(1000, greatest(coalesce(ef_search, {{ef_search}}), match_count * 2, 1))::text, true);
   with full_text as (
     select t.section_id,
            row_number() over (order by ts_rank_cd(t.fts, websearch_to_tsquery('simple', query_text)) desc) as rank_ix
