@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..limits import REBUILD_INDEX_MIN_SHARE
-from .schema import exact_function, hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
+from .schema import count_function, exact_function, hybrid_function, id_type_of, index_name, metadata_index_name, render_schema
 
 __all__ = [
     "INDEX_MEMORY_CAP",
@@ -103,7 +103,8 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
                          and pg_function_is_visible(p.oid))
             and to_regclass(%(metadata_index)s) is not null
             and to_regprocedure('core_sync_lock(text,text,text,integer)') is not null
-            and to_regprocedure(%(exact)s) is not null,
+            and to_regprocedure(%(exact)s) is not null
+            and to_regprocedure(%(count)s) is not null,
           (select c.relrowsecurity from pg_class c where c.oid = to_regclass(%(table)s)),
           to_regclass(%(index)s) is not null,
           exists (select 1 from pg_proc p
@@ -120,6 +121,7 @@ def schema_current_query(*, table: str, dimensions: int, match_function: str) ->
         "function": match_function,
         "hybrid": hybrid_function(match_function),
         "exact": f"{exact_function(match_function)}(vector,integer,jsonb)",
+        "count": f"{count_function(match_function)}(jsonb,integer)",
         "body": _function_body(table, dimensions, match_function),
     }
 

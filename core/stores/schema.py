@@ -28,6 +28,8 @@ from ..limits import (
     MAX_VECTOR_DIMENSIONS,
     MODEL_DIMENSIONS,
     SEARCH_EF_SEARCH,
+    SEARCH_EF_SEARCH_FILTERED,
+    SEARCH_EXACT_BELOW_MATCHES,
     SEARCH_EXACT_BELOW_ROWS,
 )
 from ..secrets import redact_dsn, scrub_dsn
@@ -45,6 +47,7 @@ __all__ = [
     "apply_schema",
     "apply_schema_sql",
     "default_match_function",
+    "count_function",
     "exact_function",
     "hybrid_function",
     "metadata_index_name",
@@ -130,6 +133,13 @@ def exact_function(match_function: str) -> str:
     if len(match_function) + len("_exact") <= 63:
         return match_function + "_exact"
     return match_function[:47] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_exact"
+
+
+def count_function(match_function: str) -> str:
+    """The filter-counting helper of `match_function` (how many rows a filter matches, up to a bound)."""
+    if len(match_function) + len("_matches") <= 63:
+        return match_function + "_matches"
+    return match_function[:45] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_matches"
 
 
 def hybrid_function(match_function: str) -> str:
@@ -257,6 +267,9 @@ def render_schema(
         "exact_function": exact_function(match_function),
         "ef_search": str(SEARCH_EF_SEARCH),
         "exact_below": str(SEARCH_EXACT_BELOW_ROWS),
+        "exact_below_matches": str(SEARCH_EXACT_BELOW_MATCHES),
+        "ef_search_filtered": str(SEARCH_EF_SEARCH_FILTERED),
+        "count_function": count_function(match_function),
     }
     values.update(_index_parts(table, dimensions))
     template = _template()

@@ -135,8 +135,9 @@ def test_two_tables_of_other_widths_each_with_its_own_search_function(pg_conn: A
             assert {h["id"] for h in small.search("topic", k=10, embedding_service=narrow)} == {s["id"] for s in sections[6:]}
     assert small.match_function == default_match_function("d256") == "match_d256"
     functions = pg_conn.execute("select proname from pg_proc where pronamespace = 'public'::regnamespace and proname like 'match%' order by 1").fetchall()
-    assert functions == [("match_d256",), ("match_d256_exact",), ("match_d256_hybrid",),
-                         ("match_sections",), ("match_sections_exact",), ("match_sections_hybrid",)]
+    assert functions == [("match_d256",), ("match_d256_exact",), ("match_d256_hybrid",), ("match_d256_matches",),
+                         ("match_sections",), ("match_sections_exact",), ("match_sections_hybrid",),
+                         ("match_sections_matches",)]
 
 
 def test_a_table_of_the_earlier_version_is_upgraded_in_place(pg_conn: Any, pg_dsn: str, fake_openai: Any) -> None:

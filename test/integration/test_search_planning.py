@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.engine.rows import Row
-from core.limits import SEARCH_EF_SEARCH, SEARCH_EXACT_BELOW_ROWS
+from core.limits import SEARCH_EF_SEARCH, SEARCH_EXACT_BELOW_MATCHES, SEARCH_EXACT_BELOW_ROWS
 from core.stores.postgres import PostgresStore
 from core.stores.schema import index_name
 
@@ -59,10 +59,17 @@ def small_vectors(n: int, seed: int = 9) -> np.ndarray:
 
 def test_a_large_table_is_searched_through_its_index_and_a_small_one_exactly(pg_conn: Any, pg_dsn: str, pg_hnsw: Any) -> None:
     vecs = small_vectors(SEARCH_EXACT_BELOW_ROWS + 500)
+    assert (SEARCH_EXACT_BELOW_ROWS + 500) // 10 > SEARCH_EXACT_BELOW_MATCHES > (SEARCH_EXACT_BELOW_ROWS + 500) // 50
     with PostgresStore(pg_dsn, table="big_t", dimensions=8) as big, PostgresStore(pg_dsn, table="small_t", dimensions=8) as small:
         for store, n in ((big, len(vecs)), (small, 2000)):
-            rows = [Row(i, f"T{i}", vecs[i], "m", f"h{i}", 1, STAMP, "x", {"g": i % 10}) for i in range(n)]
+            rows = [Row(i, f"T{i}", vecs[i], "m", f"h{i}", 1, STAMP, "x", {"g": i % 10, **({"r": 1} if i % 50 == 0 else {})})
+                    for i in range(n)]
             assert store.write_rows(rows) == {}
+        # A selective filter (210 rows of 10,500: under SEARCH_EXACT_BELOW_MATCHES) is answered exactly.
+        rare = big.search_vector(vecs[30], k=10, filter={"r": 1})
+        assert [h["id"] for h in rare] == [r[0] for r in pg_conn.execute(
+            "select section_id from big_t where metadata @> '{\"r\": 1}' order by embedding <=> %s::vector(8) limit 10",
+            ("[" + ",".join(map(str, vecs[30].tolist())) + "]",)).fetchall()]
         before = index_scans(pg_conn, "big_t")
         searches = 0
         for ef_search in (None, 40, 100, 300):
