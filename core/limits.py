@@ -77,15 +77,16 @@ DEFAULT_TABLE = "section_embeddings"
 """The table every store writes to and the schema creates, unless told otherwise."""
 DEFAULT_MATCH_FUNCTION = "match_sections"
 """The search function the schema creates for the default table (`match_<table>` for others)."""
-SEARCH_EF_SEARCH = 200
+SEARCH_EF_SEARCH = 400
 """`hnsw.ef_search` of the schema's search functions unless a caller gives one: candidates an
-HNSW scan keeps. pgvector's own 40 reached recall@10 0.91 on 100,000 clustered 1536-dim rows
-(bench/bench_search.py: some queries found none of their 10 neighbours); see the README's
-search table for what this value measures, and its latency."""
-SEARCH_EF_SEARCH_FILTERED = 400
+HNSW scan keeps. On 100,000 clustered 1536-dim rows (bench/bench_search.py), pgvector's own 40
+reached recall@10 0.91-0.94 and 200 0.958-0.986 depending on the build (some queries found none of
+their 10 neighbours: the greedy descent ended in another cluster); 300-400 found them all on the
+builds probed. See the README's search table for its latency."""
+SEARCH_EF_SEARCH_FILTERED = 800
 """`hnsw.ef_search` with a metadata filter: each round of pgvector's iterative scan keeps this
 many candidates, most of which the filter drops (a 1-in-10 filter on the same table: recall@10
-0.95 at 200, 0.99 at 400)."""
+0.95 at 200, 0.96-0.99 at 400, 0.998 at 800)."""
 SEARCH_EXACT_BELOW_MATCHES = 1_000
 """A filter matching fewer rows is answered exactly, through its GIN index: a 1-in-200 filter on
 100,000 rows took 5 ms and found every true neighbour, against 50-65 ms through HNSW's iterative

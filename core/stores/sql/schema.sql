@@ -88,12 +88,12 @@ drop function if exists {{match_function}}(vector, integer, double precision, js
 -- blind to the filter, scanned the whole table: 2 ms became 15-19 ms from the 6th call on).
 -- ef_search: candidates the HNSW scan keeps (hnsw.ef_search; at least match_count, at
 -- most pgvector's 1,000), {{ef_search}} unless given. pgvector's default, 40, missed a
--- query's whole neighbourhood on clustered vectors (recall@10 0.91-0.95 on 100,000 rows
--- of 1536 dimensions; some queries found 0 of their 10): see bench/bench_search.py. Set
--- for this call only (the SET clause below restores the caller's value on return).
--- With a filter, {{ef_search_filtered}}: pgvector's iterative scan fills each round of ef_search
--- candidates with rows the filter mostly drops (a 1-in-10 filter: recall@10 0.95 at 200,
--- 0.99 at 400 on that table).
+-- query's whole neighbourhood on clustered vectors (recall@10 0.91-0.94 on 100,000 rows
+-- of 1536 dimensions, 0.96-0.99 at 200; some queries found 0 of their 10): see
+-- bench/bench_search.py and core/limits.py. Set for this call only (the SET clause below
+-- restores the caller's value on return). With a filter, {{ef_search_filtered}}: pgvector's
+-- iterative scan fills each round of ef_search candidates with rows the filter mostly
+-- drops (a 1-in-10 filter: recall@10 0.95 at 200, 0.96-0.99 at 400).
 -- Which scan: the planner's choice between the HNSW scan and a scan of all rows (or
 -- of the filter's GIN bitmap) turned on ef_search (pgvector's cost estimate) and left
 -- out the vectors stored out of line: on 100,000 rows it scanned them all at ef_search
