@@ -116,7 +116,7 @@ class PostgresStore(
             Similarities are then half precision (about three digits).
         ef_search: Candidates an HNSW search keeps (`hnsw.ef_search`, per search): more is slower
             and finds more of the true nearest rows (default: the schema's
-            `core.limits.SEARCH_EF_SEARCH`, 200; at least k).
+            `core.limits.SEARCH_EF_SEARCH`, 400, and `SEARCH_EF_SEARCH_FILTERED`, 800, with a filter; at least k).
         pool_size: Most connections open at once (concurrent callers each get one).
         id_type: The id column's type for a new table (``"bigint"``, ``"text"``, ``"uuid"``);
             default: bigint when the first ids ingested are integers, else text. An
