@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from ..engine.attempts import raw_call
-from ..engine.plan import EmbeddingBatch, Request
+from ..engine.plan import EmbeddingBatch, EmbedPlan, Request
+from ..engine.probe import HOLD
 from ..engine.retry import acall_with_retries
 from ..limits import PROBE_POLL_SECONDS
 from .base import EmbeddingServiceBase, sent_at
@@ -45,7 +46,6 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
     """
 
     def __init__(self, api_key: str | None = None, *, sleep: Callable[[float], Awaitable[None]] | None = None, **kw: Any):
-        self._probe_owner: Request | None = None
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._client_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         super().__init__(api_key, sleep=sleep or asyncio.sleep, **kw)
@@ -102,12 +102,8 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         try:
             while True:
                 self._refresh(plan)
-                while len(running) < self.max_concurrency and (request := plan.next_request()) is not None:
+                while len(running) < self.max_concurrency and (request := await self._next(plan, running)) is not None:
                     running[asyncio.ensure_future(self._outcome(request, plan.batch))] = request
-                    # Let it leave before the plan counts the next request's tokens (~50 ms of CPU
-                    # for 300k tokens, on this loop): without this the 2nd of 16 requests left
-                    # ~1 s after the 1st (bench/bench_defaults.py regime c).
-                    await asyncio.sleep(0)
                 if not running:
                     break
                 timeout = PROBE_POLL_SECONDS if plan.probing else None
@@ -129,6 +125,33 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
                 await asyncio.wait(running)
             raise
         return plan.batch
+
+    @staticmethod
+    async def _next(plan: EmbedPlan, running: Mapping[Any, Request]) -> Request | None:
+        """The plan's next request; its tokens are counted on a worker thread while requests are out.
+
+        Counting a request's worth of inputs is ~20-50 ms of CPU per 100k-300k tokens
+        (~0.4 s under load). On the loop's thread it stalled every request just handed to
+        a task: a request needs several loop turns (connect, write) to leave, so with 8 or
+        16 slots the 2nd..8th requests left together only after all of them were counted
+        (server log, bench/bench_defaults.py regime b: 2nd at +0.38 s, 3rd-8th at +0.76 s
+        after the probe's answer; the thread driver, whose workers send while its driver
+        thread counts, had them out at +0.28..0.68 s). tiktoken lets go of the GIL while it
+        encodes, so on a thread the counting overlaps the loop's sending and reading, as it
+        does in the thread driver. Only this coroutine touches `plan` and it waits here;
+        the tasks in flight write only the batch's own counters (requests, retries,
+        rate_limited, dimensions), which counting does not touch.
+        """
+        if not running or plan.counted_ahead:
+            return plan.next_request()  # nothing to overlap, or nothing to count: no thread hop
+        counting = asyncio.ensure_future(asyncio.to_thread(plan.next_request))
+        try:
+            return await asyncio.shield(counting)
+        except BaseException:  # cancelled: the thread must be done before the caller cancels the plan
+            await asyncio.wait([counting])
+            if not counting.cancelled() and counting.exception() is None and (taken := counting.result()) is not None:
+                plan.fail(taken, "cancelled before it was sent", code="cancelled")
+            raise
 
     def _bind_loop(self) -> None:
         """Use a client whose connections belong to the running loop.
@@ -163,20 +186,6 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
 
     # --- one request -----------------------------------------------------------------
 
-    async def _wait_for_probe(self, request: Request) -> bool:
-        """Hold `request` while another request of this service probes the limits.
-
-        Returns whether `request` itself is the probe. Concurrent calls share one
-        service and so one probe: 100 single-text calls at once would otherwise go
-        out blind, together, and mostly come back 429.
-        """
-        while self.probe_limits and not self.limiter.probed:
-            if self._probe_owner is None:
-                self._probe_owner = request
-                return True
-            await self._sleep(PROBE_POLL_SECONDS)  # type: ignore[misc]
-        return False
-
     def _slot(self) -> asyncio.Semaphore:
         """`max_concurrency` requests in flight for the whole service, whatever the number of calls.
 
@@ -199,7 +208,8 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         kwargs = attempts.create_kwargs(request)
         post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None
         tries = [0]
-        probe = await self._wait_for_probe(request)
+        while self._probe_turn(request) == HOLD:  # another call of this service probes the limits
+            await self._sleep(PROBE_POLL_SECONDS)  # type: ignore[misc]
 
         async def attempt() -> Any:
             await self.limiter.acquire_async(request.tokens, sleep=self._sleep)  # type: ignore[arg-type]
@@ -222,6 +232,4 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         except Exception as exc:  # accounted per index by _settle
             return exc
         finally:
-            if probe:
-                self.limiter.probed = True
-                self._probe_owner = None
+            self._probe_done(request)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from ..engine.attempts import Attempts
 from ..engine.output import format_vectors
 from ..engine.plan import EmbeddingBatch, EmbedPlan, Request
+from ..engine.probe import ProbeGate
 from ..errors import (
     AllRequestsFailedError,
     ConfigurationError,
@@ -149,6 +150,7 @@ class EmbeddingServiceBase:
         self.probe_limits = probe_limits
         self._sleep = sleep
         self._clock = clock
+        self.probe_gate = ProbeGate()
         self.limiter = RateLimiter(
             tokens_per_minute=tokens_per_minute,
             requests_per_minute=requests_per_minute,
@@ -223,6 +225,19 @@ class EmbeddingServiceBase:
 
     def _should_probe(self) -> bool:
         return self.probe_limits and self.max_concurrency > 1 and not self.limiter.probed
+
+    def _probe_turn(self, request: Request) -> str:
+        """The service's `ProbeGate` answer for `request` (``send``, ``probe`` or ``hold``);
+        both drivers ask it right before their first attempt and hold while it says so."""
+        return self.probe_gate.claim(request, known=not self.probe_limits or self.limiter.probed)
+
+    def _probe_done(self, request: Request) -> None:
+        """`request` is back, whatever became of it: if it was the service's probe, the limits
+        count as probed and the requests it held go."""
+        self.probe_gate.release(request, on_probe=self._mark_probed)
+
+    def _mark_probed(self) -> None:
+        self.limiter.probed = True
 
     def _refresh(self, plan: EmbedPlan) -> None:
         plan.update(budget=self.limiter.tokens.capacity, probed=self.limiter.probed)

@@ -20,6 +20,7 @@ from openai import DefaultHttpxClient, OpenAI
 
 from ..engine.attempts import raw_call
 from ..engine.plan import EmbeddingBatch, Request
+from ..engine.probe import HOLD
 from ..limits import MAX_INPUTS_PER_REQUEST, PROBE_POLL_SECONDS
 from ..engine.retry import call_with_retries
 from .base import EmbeddingServiceBase, OutputFormat, sent_at
@@ -219,7 +220,11 @@ class EmbeddingService(EmbeddingServiceBase):
                 raise
             return attempts.read(response, request, batch)
 
+        while self._probe_turn(request) == HOLD:  # another call of this service probes the limits
+            self._sleep(PROBE_POLL_SECONDS)
         try:
             return call_with_retries(attempt, attempts.policy, sleep=self._sleep, before_sleep=attempts.before_sleep)
         except Exception as exc:  # accounted per index by _settle
             return exc
+        finally:
+            self._probe_done(request)

@@ -309,6 +309,13 @@ class EmbedPlan:
         return self.exhausted and not self._unpacked and len(self._pending) <= 1
 
     @property
+    def counted_ahead(self) -> bool:
+        """`next_request` would answer without tokenizing anything: a request is packed and
+        waiting, the probe's answer is awaited, or every input is counted already. A driver
+        may run `next_request` away from its I/O (a worker thread) when this is False."""
+        return bool(self._pending) or (self.probing and self._in_flight > 0) or self.exhausted
+
+    @property
     def in_flight(self) -> int:
         return self._in_flight
 
