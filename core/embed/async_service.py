@@ -19,14 +19,15 @@ new loop (a client you passed in is yours to keep on one loop).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from ..engine.attempts import raw_call
-from ..engine.plan import EmbeddingBatch, EmbedPlan, Request
+from ..engine.plan import EmbeddingBatch, Request
 from ..engine.probe import HOLD
 from ..engine.retry import acall_with_retries
 from ..limits import PROBE_POLL_SECONDS
@@ -38,6 +39,16 @@ ProgressCallback = Callable[[int, int], None]
 VectorsCallback = Callable[[list[int], EmbeddingBatch], Any]
 """May be a plain function or a coroutine function (awaited before the next request settles)."""
 
+
+
+_SENT: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("core_request_sent", default=None)
+"""In a request's task: the event its driver waits on until the request's body is written."""
+
+
+async def _trace(name: str, info: Any) -> None:
+    """httpcore's trace hook (runs in the request's task): flags the request as sent."""
+    if name.endswith("send_request_body.complete") and (sent := _SENT.get()) is not None:
+        sent.set()
 
 
 class AsyncEmbeddingService(EmbeddingServiceBase):
@@ -54,6 +65,7 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
     def _make_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
         async def stamp(request: Any) -> None:
             self._stamp_request(request)
+            request.extensions["trace"] = _trace
 
         async def observe(response: Any) -> None:
             self._observe_response(response)
@@ -102,8 +114,12 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         try:
             while True:
                 self._refresh(plan)
-                while len(running) < self.max_concurrency and (request := await self._next(plan, running)) is not None:
-                    running[asyncio.ensure_future(self._outcome(request, plan.batch))] = request
+                while len(running) < self.max_concurrency and (request := plan.next_request()) is not None:
+                    sent = asyncio.Event()
+                    task = asyncio.ensure_future(self._outcome(request, plan.batch, sent))
+                    running[task] = request
+                    if not plan.counted_ahead:  # the next request needs counting: let this one leave first
+                        await self._until_sent(task, sent)
                 if not running:
                     break
                 timeout = PROBE_POLL_SECONDS if plan.probing else None
@@ -126,32 +142,30 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             raise
         return plan.batch
 
-    @staticmethod
-    async def _next(plan: EmbedPlan, running: Mapping[Any, Request]) -> Request | None:
-        """The plan's next request; its tokens are counted on a worker thread while requests are out.
+    async def _until_sent(self, task: asyncio.Task[Any], sent: asyncio.Event) -> None:
+        """Let `task`'s request leave before the plan counts the next one's tokens on this loop.
 
-        Counting a request's worth of inputs is ~20-50 ms of CPU per 100k-300k tokens
-        (~0.4 s under load). On the loop's thread it stalled every request just handed to
-        a task: a request needs several loop turns (connect, write) to leave, so with 8 or
-        16 slots the 2nd..8th requests left together only after all of them were counted
-        (server log, bench/bench_defaults.py regime b: 2nd at +0.38 s, 3rd-8th at +0.76 s
-        after the probe's answer; the thread driver, whose workers send while its driver
-        thread counts, had them out at +0.28..0.68 s). tiktoken lets go of the GIL while it
-        encodes, so on a thread the counting overlaps the loop's sending and reading, as it
-        does in the thread driver. Only this coroutine touches `plan` and it waits here;
-        the tasks in flight write only the batch's own counters (requests, retries,
-        rate_limited, dimensions), which counting does not touch.
+        Counting a request's worth of inputs is ~20-80 ms of CPU (more under load), and a
+        request needs several loop turns (connect, write the body) to leave: counted right
+        after handing a request to a task, the next requests' counting held it back, and
+        with 8 or 16 slots the 2nd..8th requests left together after all were counted
+        (server log, bench/bench_defaults.py regime b: 3rd-8th at +0.76 s; the thread
+        driver, whose workers send while its driver thread counts, had them out at
+        +0.28..0.68 s). Counting on a worker thread instead overlapped the two but cost
+        more than it saved once the cores were busy (GIL hand-offs at every text: regime b
+        18.2 s against 15.1 s for the thread driver at load 6, issue #20). So: the request's
+        body is written (httpcore's ``send_request_body.complete``, seen through the trace
+        hook of a client this service made), or its task is done, before counting goes on;
+        with a client passed in, one loop turn as before.
         """
-        if not running or plan.counted_ahead:
-            return plan.next_request()  # nothing to overlap, or nothing to count: no thread hop
-        counting = asyncio.ensure_future(asyncio.to_thread(plan.next_request))
+        if not self._own_client:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(sent.wait())
         try:
-            return await asyncio.shield(counting)
-        except BaseException:  # cancelled: the thread must be done before the caller cancels the plan
-            await asyncio.wait([counting])
-            if not counting.cancelled() and counting.exception() is None and (taken := counting.result()) is not None:
-                plan.fail(taken, "cancelled before it was sent", code="cancelled")
-            raise
+            await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     def _bind_loop(self) -> None:
         """Use a client whose connections belong to the running loop.
@@ -198,8 +212,10 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
             self._slots = (loop, asyncio.Semaphore(self.max_concurrency))
         return self._slots[1]
 
-    async def _outcome(self, request: Request, batch: EmbeddingBatch) -> Any:
-        """(vectors, tokens used) for `request`, or the exception it failed with for good."""
+    async def _outcome(self, request: Request, batch: EmbeddingBatch, sent: asyncio.Event | None = None) -> Any:
+        """(vectors, tokens used) for `request`, or the exception it failed with for good.
+        `sent` is set once the request's body is written (this task's context carries it)."""
+        _SENT.set(sent)
         async with self._slot():
             return await self._attempts(request, batch)
 

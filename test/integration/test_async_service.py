@@ -205,3 +205,41 @@ def test_one_service_serves_two_event_loops(fake_openai):
         expected_embedding("again").tolist()
     asyncio.run(service.aclose())
     assert fake_openai.stats()["by_status"] == {"200": 10}
+
+
+def test_a_request_leaves_before_the_next_one_is_counted(fake_openai, monkeypatch):
+    """Issue #20: counting the next request's tokens on the loop must not hold back the
+    request just handed to a task (it needs several loop turns to connect and write).
+    Counting is slowed to 0.25 s a chunk here (a busy machine, or a long chunk); the first
+    two requests reach the server while the next two are counted, not after. Before, all
+    four left together once everything was counted."""
+    import core.engine.plan as plan_module
+
+    count_starts: list[float] = []
+    real = plan_module.count_tokens_batch
+    slow = 0.25
+
+    def slow_count(texts: Any, **kw: Any) -> list[int]:
+        count_starts.append(time.monotonic())
+        time.sleep(slow)
+        return real(texts, **kw)
+
+    monkeypatch.setattr(plan_module, "count_tokens_batch", slow_count)
+    fake_openai.configure(latency_base=0.3)
+    chunk = plan_module.COUNT_CHUNK
+
+    async def main() -> None:
+        async with AsyncEmbeddingService(
+            api_key="test-key", base_url=fake_openai.base_url, probe_limits=False, max_concurrency=4,
+            max_batch_size=chunk // 2,
+        ) as service:
+            result = await service.batch_generate_embeddings(_texts(2 * chunk))
+            assert result["failed_indices"] == []
+
+    asyncio.run(main())
+    starts = sorted(entry[0] for entry in fake_openai.stats()["log"])  # when each body was read
+    assert len(starts) == 4 and len(count_starts) == 2
+    # The plan counts one chunk (two requests) at a time: requests 1 and 2 reached the server
+    # (which reads a body some 10-50 ms after it is written) before the second chunk's
+    # counting was over.
+    assert starts[1] < count_starts[1] + slow, (starts, count_starts)

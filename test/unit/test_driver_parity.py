@@ -5,7 +5,7 @@ which request, the probe first) and the service's probe gate (`core.engine.probe
 request of the whole service probes the limits, which hold). Here, against fake clients
 (no sockets): the same requests under the same limits; one probe per service however
 many calls share it, in both drivers; and the asyncio driver lets a request leave while
-it counts the next one, as the thread driver's workers do.
+it counts the next one (test/integration/test_async_service.py, over real HTTP).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 from fake_openai_client import FakeOpenAIClient, good_response
 from fakes import FakeClock
 
-import core.engine.plan as plan_module
 from core.embed.async_service import AsyncEmbeddingService
 from core.embed.service import EmbeddingService
 from core.engine.probe import HOLD, PROBE, SEND, ProbeGate
@@ -31,26 +30,15 @@ def _texts(n: int) -> list[str]:
 
 
 class AsyncFakeClient:
-    """`await client.embeddings.create(...)`: records each call's inputs, answers good vectors.
+    """`await client.embeddings.create(...)`: records each call's inputs, answers good vectors."""
 
-    `turns`: loop turns (`asyncio.sleep(0)`) a request takes before it counts as sent (a
-    real one connects and writes over several); `latency`: seconds from sent to answered.
-    """
-
-    def __init__(self, *, turns: int = 0, latency: float = 0.0, events: list[Any] | None = None) -> None:
+    def __init__(self) -> None:
         self.embeddings = self
         self.inputs: list[list[str]] = []
-        self.turns = turns
-        self.latency = latency
-        self.events = events if events is not None else []
 
     async def create(self, **kwargs: Any) -> Any:
-        for _ in range(self.turns):
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
         self.inputs.append(list(kwargs["input"]))
-        self.events.append(("sent", len(self.inputs)))
-        if self.latency:
-            await asyncio.sleep(self.latency)
         return good_response(kwargs)
 
     async def close(self) -> None:
@@ -151,35 +139,3 @@ def test_thread_driver_sends_one_probe_for_calls_sharing_a_service():
     assert len(spans) >= 4
     first_end = spans[0][1]
     assert all(start >= first_end for start, _ in spans[1:]), spans[:3]
-
-
-def test_async_driver_sends_a_request_while_it_counts_the_next(monkeypatch):
-    """A request handed to a task needs a few loop turns to leave; counting the next request's
-    tokens (slowed here to 40 ms a chunk, as under load) must not hold it back. Before, the
-    driver counted on the loop's thread: requests 2..N left together after all were counted."""
-    events: list[Any] = []
-    real = plan_module.count_tokens_batch
-
-    def slow_count(texts: Any, **kw: Any) -> list[int]:
-        events.append(("count", len(texts)))
-        time.sleep(0.04)  # lets go of the GIL, as tiktoken's encoder does
-        return real(texts, **kw)
-
-    monkeypatch.setattr(plan_module, "count_tokens_batch", slow_count)
-    client = AsyncFakeClient(turns=5, latency=0.2, events=events)
-
-    async def main() -> None:
-        service = AsyncEmbeddingService(
-            client=client, encoding_format="float", probe_limits=False, max_concurrency=4,
-            max_batch_size=plan_module.COUNT_CHUNK,
-        )
-        result = await service.batch_generate_embeddings(_texts(4 * plan_module.COUNT_CHUNK))
-        assert result["failed_indices"] == []
-
-    asyncio.run(main())
-    counts = [i for i, event in enumerate(events) if event[0] == "count"]
-    sent = [i for i, event in enumerate(events) if event[0] == "sent"]
-    assert len(counts) == 4 and len(sent) == 4, events
-    # The plan counts two chunks (two requests) at a time: the first two requests leave while
-    # the last two are counted, not after.
-    assert sent[0] < counts[-1] and sent[1] < counts[-1], events
