@@ -155,8 +155,8 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         more than it saved once the cores were busy (GIL hand-offs at every text: regime b
         18.2 s against 15.1 s for the thread driver at load 6, issue #20). So: the request's
         body is written (httpcore's ``send_request_body.complete``, seen through the trace
-        hook of a client this service made), or its task is done, before counting goes on;
-        with a client passed in, one loop turn as before.
+        hook of a client this service made), or its task sleeps (rate limit, probe, backoff),
+        or is done, before counting goes on; with a client passed in, one loop turn as before.
         """
         if not self._own_client:
             await asyncio.sleep(0)
@@ -224,11 +224,18 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
         kwargs = attempts.create_kwargs(request)
         post = attempts.post_kwargs(kwargs) if raw_call(self.client) else None
         tries = [0]
+        async def idle(seconds: float) -> None:
+            """Sleep (rate limit, probe, backoff): the loop is free meanwhile, so the driver
+            may count the next request (see `_until_sent`)."""
+            if (sent := _SENT.get()) is not None:
+                sent.set()
+            await self._sleep(seconds)  # type: ignore[misc]
+
         while self._probe_turn(request) == HOLD:  # another call of this service probes the limits
-            await self._sleep(PROBE_POLL_SECONDS)  # type: ignore[misc]
+            await idle(PROBE_POLL_SECONDS)
 
         async def attempt() -> Any:
-            await self.limiter.acquire_async(request.tokens, sleep=self._sleep)  # type: ignore[arg-type]
+            await self.limiter.acquire_async(request.tokens, sleep=idle)
             attempts.count(batch, retry=tries[0] > 0)
             tries[0] += 1
             try:
@@ -243,7 +250,7 @@ class AsyncEmbeddingService(EmbeddingServiceBase):
 
         try:
             return await acall_with_retries(
-                attempt, attempts.policy, sleep=self._sleep, before_sleep=attempts.before_sleep  # type: ignore[arg-type]
+                attempt, attempts.policy, sleep=idle, before_sleep=attempts.before_sleep
             )
         except Exception as exc:  # accounted per index by _settle
             return exc
