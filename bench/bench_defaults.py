@@ -25,10 +25,13 @@ d. client CPU per 10,000 vectors with no latency and no limit (library
    concurrency), where it goes (a CPU-clock sampler over every thread, by bucket), and the
    per-call overhead of `generate_embedding("one text")` vs one raw httpx POST.
 
-Each client run is a fresh subprocess (imports done and one one-text warm-up
-request sent against a limit-free server before the clock starts; the server is
-then configured for the regime, its buckets refilled and its stats reset). Client
-CPU = `time.process_time()` of that subprocess (all threads) around the call;
+Each client run is a fresh subprocess (imports done, the client made, and one
+one-text warm-up request sent through a throwaway client of the same kind — the
+async service through its own `asyncio.run` — against a limit-free server before
+the clock starts; the server is then configured for the regime, its buckets
+refilled and its stats reset). The clock runs around the call only, for both
+services (closing comes after; `loop_wall_s` keeps the async run's whole
+`asyncio.run`). Client CPU = `time.process_time()` of that subprocess (all threads) around the call;
 requests, 429s, 400s, max in flight and request sizes come from the server's
 own request log. Writes every figure to ``bench/results/defaults.json``.
 """
