@@ -27,7 +27,16 @@ from .settings import check_table, dimensions, make_service, model
 from .sources import Source, open_records, resolve_source, total_records
 from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RUN_STOPPING, CliError, UsageError, stopped_message
 from .summary import Run, finish, interrupted
-from .targets import Target, database, embedded_problem, open_supabase, postgres_store, prepare_load, select_target
+from .targets import (
+    Target,
+    database,
+    embedded_problem,
+    open_supabase,
+    postgres_store,
+    prepare_load,
+    select_target,
+    written_share,
+)
 
 __all__ = ["run"]
 
@@ -67,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         records = open_records(source, keep)  # a malformed file fails now, before anything starts
         first = list(itertools.islice(records, INGEST_WINDOW))  # a new table's id type follows these ids
         first_ids, records = _ids(first), itertools.chain(first, records)
+        first_sections = [record.section for record in first if record.section is not None]
         del first  # the chain lets go of the records as it hands them on
         with contextlib.ExitStack() as stack:
             note(f"target: {target.describe()}, table {args.table}")
@@ -81,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
                 build_index, index_plan = prepare_load(
                     store, model(args), index=not (args.no_index or problem), drop_index=bool(problem),
                     first_ids=first_ids, rebuild=args.rebuild_index, incoming=total_records(source),
+                    written_share=lambda: written_share(
+                        store, model(args), first_sections, store_content=not args.no_content,
+                        metadata_fields=args.metadata_fields,
+                    ),
                 )
                 if index_plan:
                     note(f"index: {index_plan}")
                 if problem and not args.no_index:
                     note(f"note: {problem}")
+            del first_sections
             note.release()
             try:
                 if args.batch_api:  # through OpenAI's Batch API: core.cli.batch

@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ def postgres_store(
 
 def prepare_load(
     store: Any, model: str, *, index: bool, drop_index: bool, first_ids: Sequence[Any] = (),
-    rebuild: str = "auto", incoming: int | None = None,
+    rebuild: str = "auto", incoming: int | None = None, written_share: Callable[[], float] | None = None,
 ) -> tuple[bool, str | None]:
     """Make `store`'s table ready for a load: (whether the HNSW index is to be built after it, and
     what was decided about an existing index, in words: None when there was none or it stays).
@@ -166,6 +166,9 @@ def prepare_load(
         rebuild: ``--rebuild-index``: auto (drop an existing index when the load is large
             against the table: `index_strategy`), always, never.
         incoming: How many sections the load holds (None: unknown, e.g. standard input).
+        written_share: The share of them the load is expected to write (asked only when an
+            existing index might be dropped): a re-run of an unchanged corpus writes none, and
+            dropping the index of a million rows to rebuild it for nothing took 20 minutes.
         first_ids: The ids of the first sections to load: a new table's id column follows them
             (integers: bigint, else text) unless the store was given an id type; an existing
             table keeps its own.
@@ -188,7 +191,10 @@ def prepare_load(
         build_after = index
     elif state.index_exists and index:
         rows = state.rows_estimate if state.rows_estimate is not None else (0 if state.empty else store.count())
-        drop, why = index_strategy(rebuild, table_rows=rows, incoming=incoming, index_exists=True)
+        writes = incoming
+        if incoming is not None and rows and rebuild == "auto" and written_share is not None:
+            writes = round(incoming * written_share())
+        drop, why = index_strategy(rebuild, table_rows=rows, incoming=writes, index_exists=True)
         if drop:
             store.drop_index()
             build_after = True
@@ -196,6 +202,26 @@ def prepare_load(
             why = None  # kept: nothing to say
     store.ensure_schema(with_index=False)
     return build_after, why
+
+
+def written_share(store: Any, model: str, sections: Sequence[Any], *, store_content: bool,
+                  metadata_fields: Sequence[str] | None) -> float:
+    """The share of `sections` (a load's first window) that `store` does not hold as they are:
+    new, changed, or with other metadata, as the ingest itself will decide (1.0 when none is valid).
+
+    Raises:
+        StoreError: The table cannot be read.
+    """
+    from ..engine.ingest_run import IngestRun
+    from ..stores.ingest import stored_hashes
+
+    run = IngestRun(model, store_content=store_content, metadata_fields=metadata_fields)
+    window = run.take_window(sections)
+    valid = len(window.items)
+    if not valid:
+        return 1.0
+    run.skip_stored(window, stored_hashes(store, window), refresh=True)
+    return (len(window.items) + len(window.refresh)) / valid
 
 
 def open_supabase(target: Target, table: str, dimensions: int | None, *, match_function: str | None = None) -> Any:

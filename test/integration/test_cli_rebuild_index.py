@@ -41,6 +41,23 @@ def test_auto_rebuilds_for_a_large_load_and_inserts_a_small_one(in_process: Any,
     assert pg_conn.execute("select count(*) from rebuild_t").fetchone() == (198,)
 
 
+def test_a_rerun_of_an_unchanged_file_keeps_the_index(in_process: Any, workdir: Path, pg_dsn: str, pg_conn: Any) -> None:  # noqa: F811
+    """Was: the strategy weighed the sections read, not the rows to write, so re-running an
+    unchanged file of 1,000,000 sections dropped the index and rebuilt it for nothing (20 minutes,
+    searches scanning every row meanwhile). The first window's stored hashes say what is new."""
+    target = ("--database-url", pg_dsn, "--table", "rebuild_v", "--dimensions", "8")
+    file = write(workdir / "v1.jsonl", range(1, 101))
+    assert in_process("ingest", str(file), *target)[0] == 0 and has_index(pg_conn, "rebuild_v")
+    oid = pg_conn.execute("select 'rebuild_v_embedding_hnsw_idx'::regclass::oid").fetchone()
+    status, out = in_process("ingest", str(file), *target)  # 100 sections into 100, none to write
+    assert status == 0 and "skipped 100" in out.out and "index:" not in out.err and "building the HNSW index" not in out.err
+    assert pg_conn.execute("select 'rebuild_v_embedding_hnsw_idx'::regclass::oid").fetchone() == oid  # the same index
+    # 100 unchanged and 40 new of 140 read: 40 rows to write into 100, a large load: rebuilt.
+    status, out = in_process("ingest", str(write(workdir / "v2.jsonl", range(1, 141))), *target)
+    assert status == 0 and "40 rows into 100: the HNSW index is dropped and built again after the load" in out.err
+    assert has_index(pg_conn, "rebuild_v")
+
+
 def test_a_load_that_stops_after_the_drop_says_so_and_the_next_ingest_builds_the_index(
     in_process: Any, workdir: Path, pg_dsn: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
