@@ -34,6 +34,16 @@ _INTEGRATION = _HERE / "integration"
 if str(_HERE / "support") not in sys.path:
     sys.path.insert(0, str(_HERE / "support"))
 
+import signal  # noqa: E402
+
+# A test run started in the background by a non-interactive shell (`bash .ci/run &`, nohup in a
+# script) inherits SIGINT ignored, and so would every CLI it spawns: Python then never raises
+# KeyboardInterrupt, and every Ctrl-C test fails (exit 0 or 2 instead of 130; measured: the 11
+# SIGINT tests of a backgrounded run). The tests are about Ctrl-C, so take SIGINT back: a process
+# that handles it (rather than ignoring it) hands it to its children as the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 from fixtures_openai import *  # noqa: E402,F401,F403  (local OpenAI-compatible server)
 from fixtures_pg import *  # noqa: E402,F401,F403  (real PostgreSQL 18 + pgvector from PyPI)
 from fixtures_postgrest import *  # noqa: E402,F401,F403  (PostgREST stand-in over that PostgreSQL)

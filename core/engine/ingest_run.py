@@ -179,7 +179,16 @@ class IngestRun:
             except (TypeError, ValueError) as exc:
                 self.fail(item.index, item.section_id, "invalid_section", str(exc))
                 continue
-            first = self._canonical_seen.setdefault(key, item.index)
+            if key == item.section_id and type(key) is type(item.section_id):
+                # Stored as it is (an int in a bigint table: most ids): take_window already fails
+                # a repeat of it, so only another id stored as the same key can have come first.
+                # Not recorded: a second map of every id cost ~70 MB per million sections.
+                first = self._canonical_seen.get(key, item.index)
+            else:
+                first = self._canonical_seen.setdefault(key, item.index)
+                same = self._seen_ids.get(key)  # the key itself, seen as an id ("5" before 5)
+                if same is not None and same < first:
+                    first = same
             if first != item.index:
                 self.fail(item.index, item.section_id, "duplicate_id", f"duplicate id (first seen at index {first})")
                 continue
