@@ -31,6 +31,7 @@ from core.errors import (
     EndpointError,
     InvalidInputTypeError,
 )
+from core.engine.ratelimit import TOKEN_RESERVE_SECONDS
 from core.limits import MAX_RETRY_AFTER
 from core.engine.tokens import count_tokens
 
@@ -278,7 +279,9 @@ def test_429_headers_teach_the_limiter():
     assert tokens.rate == pytest.approx(1_000_000 / 360)
     assert requests.rate == pytest.approx(1 / 0.02)
     # The learned budget now paces: 0.1 s refilled ~278 tokens, minus the 2 sent.
-    assert service.limiter.acquire(1000) == pytest.approx((1000 - (0.1 * 1_000_000 / 360 - 2)) * 360 / 1_000_000)
+    assert service.limiter.acquire(1000) == pytest.approx(
+        (1000 - (0.1 * 1_000_000 / 360 - 2)) * 360 / 1_000_000 + TOKEN_RESERVE_SECONDS
+    )
 
 
 def test_known_tpm_paces_requests_and_caps_their_size():
@@ -290,7 +293,7 @@ def test_known_tpm_paces_requests_and_caps_their_size():
     assert all(sum(map(count_tokens, r)) <= 60 for r in client.inputs)
     assert len(client.calls) >= total // 60
     # Everything beyond the first full bucket waited for its tokens, no more.
-    assert sum(clock.sleeps) == pytest.approx(total - 60, abs=1e-6)
+    assert sum(clock.sleeps) == pytest.approx(total - 60 + TOKEN_RESERVE_SECONDS, abs=1e-6)
 
 
 def test_known_rpm_paces_requests():

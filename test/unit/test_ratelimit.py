@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from fakes import FakeClock
 
-from core.engine.ratelimit import RateLimiter, TokenBucket
+from core.engine.ratelimit import TOKEN_RESERVE_SECONDS, RateLimiter, TokenBucket
 
 
 # --- ratelimit -----------------------------------------------------------------------------
@@ -32,13 +32,14 @@ def test_token_budget_waits_the_right_time():
     limiter = RateLimiter(tokens_per_minute=600, clock=clock, sleep=clock.sleep)  # 10 tokens/s
     assert limiter.acquire(600) == 0.0
     waited = limiter.acquire(100)
-    assert waited == pytest.approx(10.0)
-    assert sum(clock.sleeps) == pytest.approx(10.0)
+    # 10 s for the tokens, and TOKEN_RESERVE_SECONDS more: the budget is never spent to its last token.
+    assert waited == pytest.approx(10.0 + TOKEN_RESERVE_SECONDS)
+    assert sum(clock.sleeps) == pytest.approx(10.0 + TOKEN_RESERVE_SECONDS)
     # Half a minute later 300 tokens are back: 250 go through at once, 100 more wait 5 s.
     clock.now += 30
     assert limiter.acquire(250) == 0.0
     assert limiter.acquire(100) == pytest.approx(5.0)
-    assert limiter.waited_seconds == pytest.approx(15.0)
+    assert limiter.waited_seconds == pytest.approx(15.0 + TOKEN_RESERVE_SECONDS)  # the reserve is paid once
     assert limiter.tokens_per_minute == pytest.approx(600)
 
 
@@ -57,7 +58,7 @@ def test_both_budgets_apply_the_longer_wait():
     limiter = RateLimiter(tokens_per_minute=60, requests_per_minute=6, clock=clock, sleep=clock.sleep)
     limiter.acquire(60)  # tokens empty, 5 requests left
     # tokens need 30 s for 30 tokens; requests are fine
-    assert limiter.acquire(30) == pytest.approx(30.0)
+    assert limiter.acquire(30) == pytest.approx(30.0 + TOKEN_RESERVE_SECONDS)
 
 
 @pytest.mark.parametrize("start", [0.0, 5000.0, 3.7e6])
@@ -92,7 +93,7 @@ def test_a_request_above_the_budget_waits_for_a_full_bucket():
     # whole bucket, not 500: a debt of 380 would stall every later request for 190 s.
     assert limiter.acquire(500) == pytest.approx(50.0)
     assert limiter.tokens.level == pytest.approx(0.0)
-    assert limiter.acquire(10) == pytest.approx(5.0)  # just its own 10 tokens at 2/s
+    assert limiter.acquire(10) == pytest.approx(5.0 + TOKEN_RESERVE_SECONDS)  # just its own 10 tokens at 2/s
 
 
 def test_pause_holds_every_worker():
@@ -156,7 +157,7 @@ def test_limiter_learns_limits_from_headers():
     assert limiter.requests.rate == pytest.approx(1 / 0.012)
     assert limiter.tokens_per_minute == pytest.approx(1_000_000 / 6)
     # 10,000 tokens at 1e6 per 360 s: 3.6 s.
-    assert limiter.acquire(10_000) == pytest.approx(3.6)
+    assert limiter.acquire(10_000) == pytest.approx(3.6 + TOKEN_RESERVE_SECONDS)
 
 
 def test_limiter_learning_with_partial_headers():
