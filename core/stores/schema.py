@@ -128,25 +128,27 @@ def default_match_function(table: str) -> str:
     return DEFAULT_MATCH_FUNCTION if table == DEFAULT_TABLE else _derived_name(table, "match_", "")
 
 
+def _companion(match_function: str, suffix: str) -> str:
+    """`match_function` + `suffix`, kept within PostgreSQL's 63-byte names: a long name is cut to
+    62 bytes with a hash of the whole (the form the hybrid function's name has always had)."""
+    if len(match_function) + len(suffix) <= 63:
+        return match_function + suffix
+    return match_function[: 62 - 9 - len(suffix)] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + suffix
+
+
 def exact_function(match_function: str) -> str:
     """The exact-scan helper of `match_function` (every distance computed; the planner's own scan)."""
-    if len(match_function) + len("_exact") <= 63:
-        return match_function + "_exact"
-    return match_function[:47] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_exact"
+    return _companion(match_function, "_exact")
 
 
 def count_function(match_function: str) -> str:
     """The filter-counting helper of `match_function` (how many rows a filter matches, up to a bound)."""
-    if len(match_function) + len("_matches") <= 63:
-        return match_function + "_matches"
-    return match_function[:45] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_matches"
+    return _companion(match_function, "_matches")
 
 
 def hybrid_function(match_function: str) -> str:
     """The hybrid (full-text + vector) search function that goes with `match_function`."""
-    if len(match_function) + len("_hybrid") <= 63:
-        return match_function + "_hybrid"
-    return match_function[:46] + "_" + hashlib.sha1(match_function.encode()).hexdigest()[:8] + "_hybrid"
+    return _companion(match_function, "_hybrid")
 
 
 def validate_id_type(id_type: str) -> str:
