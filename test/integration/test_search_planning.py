@@ -5,9 +5,8 @@ version (a search function without `ef_search`) in place."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 import numpy as np
 import pytest
